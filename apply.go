@@ -1,0 +1,182 @@
+package embedraft
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"go.etcd.io/etcd/raft/v3"
+	"go.etcd.io/etcd/raft/v3/raftpb"
+)
+
+// applyLoop applies committed entries and installed snapshots to the
+// service, in log order, and wakes the writers waiting on them. It is the
+// only goroutine that calls the service's Commit, ResetSnap and GetSnapshot
+// in cluster mode. It exits when stopc is closed, or stops the node when the
+// service cannot load a snapshot.
+func (n *Node) applyLoop(confState raftpb.ConfState, snapIndex uint64) {
+	defer n.loops.Done()
+	a := applier{n: n, confState: confState, appliedIndex: snapIndex, snapIndex: snapIndex}
+	for {
+		select {
+		case b := <-n.applyc:
+			if err := a.apply(b); err != nil {
+				n.stop(err)
+				return
+			}
+			if n.Mode() == ModeRemoved {
+				return
+			}
+		case <-n.stopc:
+			return
+		}
+	}
+}
+
+// applier is the apply loop's own state.
+type applier struct {
+	n            *Node
+	confState    raftpb.ConfState
+	appliedIndex uint64
+	snapIndex    uint64 // index of the last snapshot taken or installed
+}
+
+func (a *applier) apply(b applyBatch) error {
+	n := a.n
+	if !raft.IsEmptySnap(b.snapshot) && b.snapshot.Metadata.Index > a.appliedIndex {
+		if err := n.restoreSnapshot(b.snapshot); err != nil {
+			return err
+		}
+		a.confState = b.snapshot.Metadata.ConfState
+		a.appliedIndex, a.snapIndex = b.snapshot.Metadata.Index, b.snapshot.Metadata.Index
+		n.syncTransportPeers()
+		n.log.Info("installed snapshot", "index", a.appliedIndex)
+	}
+	for i := range b.entries {
+		e := &b.entries[i]
+		if e.Index <= a.appliedIndex {
+			continue
+		}
+		switch e.Type {
+		case raftpb.EntryNormal:
+			if err := a.applyNormal(e); err != nil {
+				return err
+			}
+		case raftpb.EntryConfChange:
+			var cc raftpb.ConfChange
+			if err := cc.Unmarshal(e.Data); err != nil {
+				return fmt.Errorf("%w: decode conf change at %d: %v", ErrStorage, e.Index, err)
+			}
+			a.applyConfChange(cc.AsV2())
+		case raftpb.EntryConfChangeV2:
+			var cc raftpb.ConfChangeV2
+			if err := cc.Unmarshal(e.Data); err != nil {
+				return fmt.Errorf("%w: decode conf change at %d: %v", ErrStorage, e.Index, err)
+			}
+			a.applyConfChange(cc)
+		}
+		a.appliedIndex = e.Index
+	}
+	n.applied.set(a.appliedIndex)
+	a.maybeSnapshot()
+	return nil
+}
+
+func (a *applier) applyNormal(e *raftpb.Entry) error {
+	n := a.n
+	if len(e.Data) == 0 {
+		return nil // the empty entry a new leader appends
+	}
+	env, err := unmarshalEntry(e.Data)
+	if err != nil {
+		// Only embedraft writes entries, so this is corruption; skipping
+		// would make this replica differ from the others.
+		return fmt.Errorf("%w: entry %d: %v", ErrStorage, e.Index, err)
+	}
+	switch env.Kind {
+	case kindPropose:
+		cerr := n.svc.Commit(env.Payload)
+		if cerr != nil {
+			n.log.Debug("service rejected entry", "index", e.Index, "err", cerr)
+		}
+		if env.Origin == n.id {
+			n.waits.trigger(env.ReqID, applyResult{index: e.Index, err: cerr})
+		}
+	case kindInit:
+		if err := n.svc.ResetSnap(env.Payload); err != nil {
+			return fmt.Errorf("service reset from init entry %d: %w", e.Index, err)
+		}
+		if env.Origin == n.id {
+			n.waits.trigger(env.ReqID, applyResult{index: e.Index})
+		}
+	case kindNoop:
+		if env.Origin == n.id {
+			n.waits.trigger(env.ReqID, applyResult{index: e.Index})
+		}
+	}
+	return nil
+}
+
+func (a *applier) applyConfChange(cc raftpb.ConfChangeV2) {
+	n := a.n
+	a.confState = *n.rn.ApplyConfChange(cc)
+	if err := n.reg.applyConfChange(cc); err != nil {
+		n.log.Error("conf change context", "err", err)
+	}
+	tr := n.peerTr.Load()
+	for _, ch := range cc.Changes {
+		switch ch.Type {
+		case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode:
+			if m, ok := n.reg.member(ch.NodeID); ok && ch.NodeID != n.id && m.Addr != "" {
+				tr.AddPeer(typesID(ch.NodeID), []string{m.Addr})
+			}
+		case raftpb.ConfChangeRemoveNode:
+			if ch.NodeID == n.id {
+				n.markRemoved()
+				return
+			}
+			if tr.Get(typesID(ch.NodeID)) != nil {
+				tr.RemovePeer(typesID(ch.NodeID))
+			}
+		}
+	}
+}
+
+// restoreSnapshot loads a snapshot envelope: membership first, then the
+// service's state.
+func (n *Node) restoreSnapshot(s raftpb.Snapshot) error {
+	members, data, err := unmarshalSnapshot(s.Data)
+	if err != nil {
+		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, s.Metadata.Index, err)
+	}
+	if err := n.reg.restore(members); err != nil {
+		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, s.Metadata.Index, err)
+	}
+	if err := n.svc.ResetSnap(data); err != nil {
+		return fmt.Errorf("service reset from snapshot %d: %w", s.Metadata.Index, err)
+	}
+	return nil
+}
+
+// syncTransportPeers makes rafthttp's peer set match the membership.
+func (n *Node) syncTransportPeers() {
+	tr := n.peerTr.Load()
+	if tr == nil {
+		return
+	}
+	members := n.reg.members()
+	for id, m := range members {
+		if id != n.id && m.Addr != "" && tr.Get(typesID(id)) == nil {
+			tr.AddPeer(typesID(id), []string{m.Addr})
+		}
+	}
+	for _, id := range n.reg.removedIDs() {
+		if tr.Get(typesID(id)) != nil {
+			tr.RemovePeer(typesID(id))
+		}
+	}
+}
+
+func writeRemovedMarker(dataDir string) error {
+	return os.WriteFile(filepath.Join(dataDir, removedMarker), []byte("removed\n"), 0o640)
+}

@@ -1,0 +1,110 @@
+package embedraft
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+)
+
+// Every raft entry the library writes is an envelope, so that the apply
+// goroutine knows what an entry is for and whom to wake:
+//
+//	byte 0     envelope version (entryVersion)
+//	byte 1     kind
+//	uvarint    request id (0 for entries nobody waits on)
+//	uvarint    origin node id
+//	rest       payload (the service's data for kindPropose and kindInit)
+const entryVersion = 1
+
+type entryKind byte
+
+const (
+	kindPropose entryKind = 1 // payload goes to IService.Commit
+	kindInit    entryKind = 2 // payload goes to IService.ResetSnap (switchover)
+	kindNoop    entryKind = 3 // nothing to apply (barriers)
+)
+
+type entryEnvelope struct {
+	Kind    entryKind
+	ReqID   uint64
+	Origin  uint64
+	Payload []byte
+}
+
+var errBadEnvelope = errors.New("bad entry envelope")
+
+func (e entryEnvelope) marshal() []byte {
+	buf := make([]byte, 0, 2+2*binary.MaxVarintLen64+len(e.Payload))
+	buf = append(buf, entryVersion, byte(e.Kind))
+	buf = binary.AppendUvarint(buf, e.ReqID)
+	buf = binary.AppendUvarint(buf, e.Origin)
+	return append(buf, e.Payload...)
+}
+
+func unmarshalEntry(b []byte) (entryEnvelope, error) {
+	var e entryEnvelope
+	if len(b) < 2 {
+		return e, fmt.Errorf("%w: %d bytes", errBadEnvelope, len(b))
+	}
+	if b[0] != entryVersion {
+		return e, fmt.Errorf("%w: version %d", errBadEnvelope, b[0])
+	}
+	e.Kind = entryKind(b[1])
+	if e.Kind < kindPropose || e.Kind > kindNoop {
+		return e, fmt.Errorf("%w: kind %d", errBadEnvelope, b[1])
+	}
+	rest := b[2:]
+	var n int
+	if e.ReqID, n = binary.Uvarint(rest); n <= 0 {
+		return e, fmt.Errorf("%w: request id", errBadEnvelope)
+	}
+	rest = rest[n:]
+	if e.Origin, n = binary.Uvarint(rest); n <= 0 {
+		return e, fmt.Errorf("%w: origin", errBadEnvelope)
+	}
+	e.Payload = rest[n:]
+	return e, nil
+}
+
+// A snapshot's data is an envelope too: the membership (peer addresses,
+// roles, ids ever used) travels next to the service's bytes, so a node that
+// restarts after compaction or installs a snapshot knows every peer.
+//
+//	4 bytes    magic "ERS" + version
+//	uvarint    length of the membership JSON
+//	...        membership JSON
+//	rest       the service's GetSnapshot (or GetInit) bytes
+var snapMagic = [4]byte{'E', 'R', 'S', 1}
+
+func marshalSnapshot(members []byte, service []byte) []byte {
+	buf := make([]byte, 0, 4+binary.MaxVarintLen64+len(members)+len(service))
+	buf = append(buf, snapMagic[:]...)
+	buf = binary.AppendUvarint(buf, uint64(len(members)))
+	buf = append(buf, members...)
+	return append(buf, service...)
+}
+
+func unmarshalSnapshot(b []byte) (members, service []byte, err error) {
+	if len(b) < 5 || [4]byte(b[:4]) != snapMagic {
+		return nil, nil, errors.New("bad snapshot envelope: magic")
+	}
+	l, n := binary.Uvarint(b[4:])
+	if n <= 0 || l > uint64(len(b)-4-n) {
+		return nil, nil, errors.New("bad snapshot envelope: membership length")
+	}
+	start := 4 + n
+	return b[start : start+int(l)], b[start+int(l):], nil
+}
+
+// confContext is the context of every conf change the library proposes: the
+// member's id and address, so the log alone is enough to know every peer.
+type confContext struct {
+	ID   uint64 `json:"id"`
+	Addr string `json:"addr"`
+}
+
+func (c confContext) marshal() []byte {
+	b, _ := json.Marshal(c) // a struct of an int and a string always encodes
+	return b
+}

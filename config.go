@@ -1,0 +1,241 @@
+package embedraft
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults used for zero Config fields.
+const (
+	DefaultSnapshotCount   = 10000
+	DefaultCatchUpEntries  = 5000
+	DefaultTickInterval    = 100 * time.Millisecond
+	DefaultElectionTicks   = 10
+	DefaultHeartbeatTicks  = 1
+	DefaultMaxRequestBytes = 1536 * 1024
+	DefaultLeaderWait      = 3 * time.Second
+	DefaultForwardTimeout  = 10 * time.Second
+	DefaultMaxSnapFiles    = 5
+	DefaultMaxWALFiles     = 5
+)
+
+// Config configures a Node. It is a value: zero fields mean the documented
+// defaults, and New works on a copy.
+type Config struct {
+	// ID is this node's member id. Required with Peers; defaults to 1 for a
+	// one-member cluster. Ignored (and checked) when the data directory
+	// already holds a WAL: the stored identity wins, a different ID is an
+	// error.
+	ID uint64
+
+	// AdvertiseURL is the base URL other nodes use to reach this node's
+	// Handler, e.g. "http://10.0.0.5:8080". Required. With Peers it must
+	// equal Peers[ID].
+	AdvertiseURL string
+
+	// DataDir holds the WAL (DataDir/wal) and snapshots (DataDir/snap).
+	// Required.
+	DataDir string
+
+	// Peers bootstraps a static cluster: every member is started with the
+	// same id -> URL map. Empty means standalone (or a one-member cluster
+	// with Cluster set).
+	Peers map[uint64]string
+
+	// Cluster starts a new node as a one-member cluster instead of
+	// standalone. Ignored when Peers is set or a WAL exists.
+	Cluster bool
+
+	// Token, when set, must be presented by peers and admins (header
+	// "Authorization: Bearer <token>") on the /raft/node/ routes and the
+	// admin routes. rafthttp's own routes are not covered: protect them with
+	// network policy or TLS.
+	Token string
+
+	// SnapshotCount is the number of applied entries between automatic
+	// snapshots. Default DefaultSnapshotCount (10000).
+	SnapshotCount uint64
+
+	// CatchUpEntries is how many entries before a snapshot are kept in memory
+	// after compaction, so a slightly lagging follower catches up from the
+	// log instead of a snapshot. Default DefaultCatchUpEntries (5000).
+	CatchUpEntries uint64
+
+	// TickInterval is raft's logical clock. Default 100ms.
+	TickInterval time.Duration
+	// ElectionTicks is the election timeout in ticks. Default 10.
+	ElectionTicks int
+	// HeartbeatTicks is the heartbeat interval in ticks. Default 1.
+	HeartbeatTicks int
+
+	// MaxRequestBytes bounds a write's body. Default 1.5 MiB.
+	MaxRequestBytes int64
+
+	// LeaderWait bounds how long a write waits for a leader to be known
+	// before it fails with ErrNoLeader. Default 3s.
+	LeaderWait time.Duration
+
+	// ForwardTimeout bounds one forwarded request to the leader. Default 10s.
+	ForwardTimeout time.Duration
+
+	// Logger receives the node's logs. Default: discard.
+	Logger *slog.Logger
+}
+
+// withDefaults returns a copy with every zero field set to its default.
+func (c Config) withDefaults() Config {
+	if c.SnapshotCount == 0 {
+		c.SnapshotCount = DefaultSnapshotCount
+	}
+	if c.CatchUpEntries == 0 {
+		c.CatchUpEntries = DefaultCatchUpEntries
+	}
+	if c.TickInterval == 0 {
+		c.TickInterval = DefaultTickInterval
+	}
+	if c.ElectionTicks == 0 {
+		c.ElectionTicks = DefaultElectionTicks
+	}
+	if c.HeartbeatTicks == 0 {
+		c.HeartbeatTicks = DefaultHeartbeatTicks
+	}
+	if c.MaxRequestBytes == 0 {
+		c.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if c.LeaderWait == 0 {
+		c.LeaderWait = DefaultLeaderWait
+	}
+	if c.ForwardTimeout == 0 {
+		c.ForwardTimeout = DefaultForwardTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.ID == 0 && len(c.Peers) == 0 {
+		c.ID = 1
+	}
+	if c.DataDir != "" {
+		c.DataDir = filepath.Clean(c.DataDir)
+	}
+	return c
+}
+
+// Validate reports every problem with the configuration, each wrapped in
+// ErrInvalidConfig, or nil.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: "+format, append([]any{ErrInvalidConfig}, args...)...))
+	}
+	if c.DataDir == "" {
+		bad("DataDir is required")
+	}
+	if err := checkURL(c.AdvertiseURL); err != nil {
+		bad("AdvertiseURL: %v", err)
+	}
+	if len(c.Peers) > 0 {
+		if c.ID == 0 {
+			bad("ID is required with Peers")
+		} else if u, ok := c.Peers[c.ID]; !ok {
+			bad("ID %d is not in Peers", c.ID)
+		} else if c.AdvertiseURL != "" && strings.TrimSuffix(u, "/") != strings.TrimSuffix(c.AdvertiseURL, "/") {
+			bad("AdvertiseURL %q differs from Peers[%d] %q", c.AdvertiseURL, c.ID, u)
+		}
+		seen := map[string]uint64{}
+		for id, u := range c.Peers {
+			if id == 0 {
+				bad("peer id 0 is not allowed")
+			}
+			if err := checkURL(u); err != nil {
+				bad("peer %d: %v", id, err)
+			}
+			if other, dup := seen[u]; dup {
+				bad("peers %d and %d share the URL %q", other, id, u)
+			}
+			seen[u] = id
+		}
+	}
+	if c.ElectionTicks <= c.HeartbeatTicks {
+		bad("ElectionTicks (%d) must exceed HeartbeatTicks (%d)", c.ElectionTicks, c.HeartbeatTicks)
+	}
+	if c.HeartbeatTicks < 0 || c.ElectionTicks < 0 {
+		bad("tick counts must be positive")
+	}
+	if c.TickInterval < time.Millisecond {
+		bad("TickInterval %v is below 1ms", c.TickInterval)
+	}
+	if c.MaxRequestBytes < 0 {
+		bad("MaxRequestBytes must be positive")
+	}
+	if c.LeaderWait < 0 || c.ForwardTimeout < 0 {
+		bad("LeaderWait and ForwardTimeout must be positive")
+	}
+	return errors.Join(errs...)
+}
+
+// checkURL accepts an absolute http or https URL with a host and no path,
+// query or fragment beyond "/".
+func checkURL(s string) error {
+	if s == "" {
+		return errors.New("empty URL")
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("invalid URL %q: %v", s, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return fmt.Errorf("URL %q: scheme must be http or https", s)
+	}
+	if u.Host == "" || u.Hostname() == "" {
+		return fmt.Errorf("URL %q has no host", s)
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return fmt.Errorf("URL %q must be scheme://host:port only", s)
+	}
+	return nil
+}
+
+// ParsePeers parses a static member list "1=http://a:1,2=http://b:2".
+func ParsePeers(s string) (map[uint64]string, error) {
+	peers := map[uint64]string{}
+	if strings.TrimSpace(s) == "" {
+		return peers, nil
+	}
+	for _, part := range strings.Split(s, ",") {
+		idStr, u, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok {
+			return nil, fmt.Errorf("%w: peer %q is not id=URL", ErrInvalidConfig, part)
+		}
+		id, err := strconv.ParseUint(strings.TrimSpace(idStr), 10, 64)
+		if err != nil || id == 0 {
+			return nil, fmt.Errorf("%w: peer %q: id must be a positive integer", ErrInvalidConfig, part)
+		}
+		if _, dup := peers[id]; dup {
+			return nil, fmt.Errorf("%w: peer id %d given twice", ErrInvalidConfig, id)
+		}
+		u = strings.TrimSuffix(strings.TrimSpace(u), "/")
+		if err := checkURL(u); err != nil {
+			return nil, fmt.Errorf("%w: peer %d: %v", ErrInvalidConfig, id, err)
+		}
+		peers[id] = u
+	}
+	return peers, nil
+}
+
+// sortedIDs returns the keys of m in ascending order.
+func sortedIDs[V any](m map[uint64]V) []uint64 {
+	ids := make([]uint64, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+	return ids
+}

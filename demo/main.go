@@ -1,0 +1,126 @@
+// Command demo is a replicated key-value service built on embedraft.
+//
+//	go run ./demo                       # a standalone node on 127.0.0.1:8080
+//	go run ./demo -addr 127.0.0.1:8081 -id 1 -peers 1=http://127.0.0.1:8081,2=...,3=...
+//
+// Writes: POST /raft/api/set {"key":"k","value":"v"}. Reads: GET /kv/{key}
+// and GET /kv, with ?consistency=local or linearizable (the default).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/embedraft/embedraft"
+	"github.com/embedraft/embedraft/internal/kvstore"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	addr := fs.String("addr", "127.0.0.1:8080", "host:port to listen on")
+	advertise := fs.String("advertise", "", "URL other nodes use to reach this node (default http://<addr>)")
+	dataDir := fs.String("data", "", "data directory (default ./data/<port>)")
+	id := fs.Uint64("id", 0, "node id (with -peers, or after addNode returned one)")
+	peers := fs.String("peers", "", `static bootstrap "1=http://127.0.0.1:8081,2=http://127.0.0.1:8082,3=..."`)
+	join := fs.String("join", "", "URL of any member (or standalone node) to join")
+	cluster := fs.Bool("cluster", false, "start as a one-member cluster instead of standalone")
+	token := fs.String("token", os.Getenv("EMBEDRAFT_TOKEN"), "cluster secret (also EMBEDRAFT_TOKEN)")
+	snapCount := fs.Uint64("snapshot-count", embedraft.DefaultSnapshotCount, "applied entries between snapshots")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	_, port, err := net.SplitHostPort(*addr)
+	if err != nil {
+		return fmt.Errorf("-addr %q: %w", *addr, err)
+	}
+	if *dataDir == "" {
+		*dataDir = filepath.Join("data", port)
+	}
+	peerMap, err := embedraft.ParsePeers(*peers)
+	if err != nil {
+		return fmt.Errorf("-peers: %w", err)
+	}
+	if *advertise == "" {
+		*advertise = "http://" + *addr
+		if u, ok := peerMap[*id]; ok {
+			*advertise = u
+		}
+	}
+	if *join != "" {
+		return errors.New("-join is not supported yet: bootstrap with -peers, or -cluster for one node")
+	}
+
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	store := kvstore.New()
+	node, err := embedraft.New(embedraft.Config{
+		ID:            *id,
+		AdvertiseURL:  strings.TrimSuffix(*advertise, "/"),
+		DataDir:       *dataDir,
+		Peers:         peerMap,
+		Cluster:       *cluster,
+		Token:         *token,
+		SnapshotCount: *snapCount,
+		Logger:        logger,
+	}, store)
+	if err != nil {
+		return err
+	}
+	store.SetReader(node)
+
+	mux := http.NewServeMux()
+	mux.Handle("/kv", store)
+	mux.Handle("/kv/", store)
+	mux.Handle("/", node.Handler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		_ = node.Close(context.Background())
+		return err
+	}
+	st := node.Status()
+	logger.Info("listening", "addr", ln.Addr().String(), "id", st.ID, "mode", st.Mode, "data", *dataDir)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }() // exits when srv is shut down
+
+	select {
+	case <-ctx.Done():
+		logger.Info("shutting down")
+	case err = <-serveErr:
+	}
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Close the node first: rafthttp's streams are long-lived requests that
+	// end only when the node's transport stops, and Shutdown waits for them.
+	if cerr := node.Close(shutCtx); cerr != nil && err == nil {
+		err = cerr
+	}
+	_ = srv.Shutdown(shutCtx)
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}

@@ -1,0 +1,200 @@
+// Package kvstore is the replicated key-value service of the demo, an
+// embedraft.IService. Tests use it as a realistic service.
+package kvstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/embedraft/embedraft"
+)
+
+// MaxKeyBytes bounds a key.
+const MaxKeyBytes = 1024
+
+// Op is a write request body and the entry data: {"key":"k","value":"v"}.
+type Op struct {
+	Key   string `json:"key"`
+	Value string `json:"value"`
+}
+
+// Reader gives the store linearizable reads; *embedraft.Node implements it.
+type Reader interface {
+	LinearizableRead(ctx context.Context) error
+}
+
+// Store is an in-memory map replicated through embedraft.
+type Store struct {
+	mu   sync.RWMutex
+	data map[string]string
+
+	sender     embedraft.IRaftSender
+	reader     Reader
+	preprocess atomic.Int64
+	resets     atomic.Int64
+}
+
+// New returns an empty store.
+func New() *Store { return &Store{data: map[string]string{}} }
+
+// SetReader sets what linearizable reads wait on (the node).
+func (s *Store) SetReader(r Reader) { s.reader = r }
+
+// ParseOp decodes and checks a write body strictly.
+func ParseOp(body []byte) (Op, error) {
+	var op Op
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&op); err != nil {
+		return op, fmt.Errorf("invalid JSON: %v", err)
+	}
+	if dec.More() {
+		return op, errors.New("trailing data after JSON object")
+	}
+	if op.Key == "" {
+		return op, errors.New(`"key" is required`)
+	}
+	if len(op.Key) > MaxKeyBytes {
+		return op, fmt.Errorf("key is %d bytes, limit %d", len(op.Key), MaxKeyBytes)
+	}
+	return op, nil
+}
+
+// PreProcessData checks the body and returns it canonically encoded.
+func (s *Store) PreProcessData(body []byte) (interface{}, []byte, error) {
+	s.preprocess.Add(1)
+	op, err := ParseOp(body)
+	if err != nil {
+		return nil, nil, err
+	}
+	data, err := json.Marshal(op)
+	return op, data, err
+}
+
+// PreProcessCount is how many times PreProcessData ran on this node.
+func (s *Store) PreProcessCount() int64 { return s.preprocess.Load() }
+
+// Commit applies one write.
+func (s *Store) Commit(data []byte) error {
+	var op Op
+	if err := json.Unmarshal(data, &op); err != nil {
+		return fmt.Errorf("decode entry: %w", err)
+	}
+	s.mu.Lock()
+	s.data[op.Key] = op.Value
+	s.mu.Unlock()
+	return nil
+}
+
+// GetInit returns the whole map.
+func (s *Store) GetInit() ([]byte, error) { return s.GetSnapshot() }
+
+// GetSnapshot returns the whole map as JSON.
+func (s *Store) GetSnapshot() ([]byte, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return json.Marshal(s.data)
+}
+
+// ResetSnap replaces the map.
+func (s *Store) ResetSnap(data []byte) error {
+	m := map[string]string{}
+	if len(data) > 0 {
+		if err := json.Unmarshal(data, &m); err != nil {
+			return fmt.Errorf("decode snapshot: %w", err)
+		}
+	}
+	s.mu.Lock()
+	s.data = m
+	s.mu.Unlock()
+	s.resets.Add(1)
+	return nil
+}
+
+// ResetCount is how many times ResetSnap ran (snapshot installs, restarts).
+func (s *Store) ResetCount() int64 { return s.resets.Load() }
+
+// SetRaft keeps the sender (unused by the demo's own routes).
+func (s *Store) SetRaft(r embedraft.IRaftSender) { s.sender = r }
+
+// Get returns one value from local state.
+func (s *Store) Get(key string) (string, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	v, ok := s.data[key]
+	return v, ok
+}
+
+// Snapshot returns a copy of the local state.
+func (s *Store) Snapshot() map[string]string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make(map[string]string, len(s.data))
+	for k, v := range s.data {
+		out[k] = v
+	}
+	return out
+}
+
+// Len is the number of keys.
+func (s *Store) Len() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.data)
+}
+
+// Keys returns the sorted keys.
+func (s *Store) Keys() []string {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	keys := make([]string, 0, len(s.data))
+	for k := range s.data {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// ServeHTTP serves GET /kv/{key} (the raw value, 404 if absent) and GET /kv
+// (the whole map as a JSON object). ?consistency=local reads this node's
+// state; linearizable (the default) first waits for a ReadIndex.
+func (s *Store) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	switch c := r.URL.Query().Get("consistency"); c {
+	case "local":
+	case "", "linearizable":
+		if s.reader != nil {
+			if err := s.reader.LinearizableRead(r.Context()); err != nil {
+				http.Error(w, err.Error(), embedraft.StatusOf(err))
+				return
+			}
+		}
+	default:
+		http.Error(w, fmt.Sprintf("consistency must be local or linearizable, not %q", c), http.StatusBadRequest)
+		return
+	}
+	key, isKey := strings.CutPrefix(r.URL.Path, "/kv/")
+	if !isKey {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(s.Snapshot())
+		return
+	}
+	v, ok := s.Get(key)
+	if !ok {
+		http.Error(w, "key not found", http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = w.Write([]byte(v))
+}

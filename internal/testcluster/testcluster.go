@@ -1,0 +1,338 @@
+// Package testcluster runs embedraft nodes in-process on real loopback
+// listeners for tests: each member has its own port, data directory and
+// http.Server, and can be stopped and restarted on the same address.
+package testcluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/embedraft/embedraft"
+	"github.com/embedraft/embedraft/internal/kvstore"
+)
+
+// Member is one node of a test cluster.
+type Member struct {
+	ID    uint64
+	URL   string
+	Dir   string
+	Store *kvstore.Store
+	Node  *embedraft.Node
+
+	c    *Cluster
+	cfg  embedraft.Config
+	addr string
+	srv  *http.Server
+	done chan struct{}
+}
+
+// Cluster is a set of members started from one static member list.
+type Cluster struct {
+	T       testing.TB
+	Members []*Member
+	Client  *http.Client
+	logs    *logSink
+}
+
+// Option adjusts every member's config.
+type Option func(*embedraft.Config)
+
+// NewStatic starts an n-member static cluster and waits for a leader.
+func NewStatic(t testing.TB, n int, opts ...Option) *Cluster {
+	t.Helper()
+	c := newCluster(t)
+	peers := map[uint64]string{}
+	lns := make([]net.Listener, n)
+	for i := range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("listen: %v", err)
+		}
+		lns[i] = ln
+		peers[uint64(i+1)] = "http://" + ln.Addr().String()
+	}
+	for i := range n {
+		id := uint64(i + 1)
+		cfg := embedraft.Config{ID: id, AdvertiseURL: peers[id], DataDir: t.TempDir(), Peers: peers}
+		m := &Member{ID: id, URL: peers[id], Dir: cfg.DataDir, c: c, addr: lns[i].Addr().String()}
+		m.cfg = c.configure(cfg, id, opts)
+		c.Members = append(c.Members, m)
+		if err := m.start(lns[i]); err != nil {
+			t.Fatalf("start member %d: %v", id, err)
+		}
+	}
+	c.WaitLeader(10 * time.Second)
+	return c
+}
+
+// NewSingle starts one member with cfg adjusted by opts (standalone unless an
+// option sets Cluster or Peers).
+func NewSingle(t testing.TB, opts ...Option) *Cluster {
+	t.Helper()
+	c := newCluster(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	url := "http://" + ln.Addr().String()
+	m := &Member{ID: 1, URL: url, Dir: t.TempDir(), c: c, addr: ln.Addr().String()}
+	m.cfg = c.configure(embedraft.Config{AdvertiseURL: url, DataDir: m.Dir}, 1, opts)
+	c.Members = append(c.Members, m)
+	if err := m.start(ln); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	return c
+}
+
+func newCluster(t testing.TB) *Cluster {
+	c := &Cluster{T: t, logs: &logSink{t: t}, Client: &http.Client{Timeout: 30 * time.Second}}
+	// Registered first, so it runs last: logs stop after every node closed.
+	t.Cleanup(c.logs.close)
+	t.Cleanup(func() {
+		for _, m := range c.Members {
+			m.Stop()
+		}
+		c.Client.CloseIdleConnections()
+	})
+	return c
+}
+
+func (c *Cluster) configure(cfg embedraft.Config, id uint64, opts []Option) embedraft.Config {
+	cfg.Logger = slog.New(slog.NewTextHandler(c.logs, &slog.HandlerOptions{Level: slog.LevelInfo})).
+		With("member", id)
+	// Fast timers keep the suite short; the raft ratios stay the defaults'.
+	cfg.TickInterval = 20 * time.Millisecond
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return cfg
+}
+
+func (m *Member) start(ln net.Listener) error {
+	m.Store = kvstore.New()
+	node, err := embedraft.New(m.cfg, m.Store)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	m.Node = node
+	m.Store.SetReader(node)
+	mux := http.NewServeMux()
+	mux.Handle("/kv", m.Store)
+	mux.Handle("/kv/", m.Store)
+	mux.Handle("/", node.Handler())
+	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	m.done = make(chan struct{})
+	go func() { // exits when the server is closed by Stop
+		defer close(m.done)
+		_ = m.srv.Serve(ln)
+	}()
+	return nil
+}
+
+// Running reports whether the member is started.
+func (m *Member) Running() bool { return m.Node != nil }
+
+// Stop closes the node and its server. Safe to call twice.
+func (m *Member) Stop() {
+	if m.Node == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := m.Node.Close(ctx); err != nil {
+		m.c.T.Errorf("member %d: close: %v", m.ID, err)
+	}
+	_ = m.srv.Close()
+	<-m.done
+	m.Node = nil
+}
+
+// Restart starts the member again on the same address and data directory.
+func (m *Member) Restart() {
+	m.c.T.Helper()
+	var ln net.Listener
+	Eventually(m.c.T, 10*time.Second, func() error {
+		var err error
+		ln, err = net.Listen("tcp", m.addr)
+		return err
+	})
+	if err := m.start(ln); err != nil {
+		m.c.T.Fatalf("restart member %d: %v", m.ID, err)
+	}
+}
+
+// Running returns the started members.
+func (c *Cluster) Running() []*Member {
+	var out []*Member
+	for _, m := range c.Members {
+		if m.Running() {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// WaitLeader waits until all running members agree on one running leader.
+func (c *Cluster) WaitLeader(timeout time.Duration) *Member {
+	c.T.Helper()
+	var leader *Member
+	Eventually(c.T, timeout, func() error {
+		leader = nil
+		var lead uint64
+		for _, m := range c.Running() {
+			st := m.Node.Status()
+			if st.Leader == 0 || (lead != 0 && st.Leader != lead) {
+				return fmt.Errorf("no agreed leader: member %d sees %d, others %d", m.ID, st.Leader, lead)
+			}
+			lead = st.Leader
+		}
+		for _, m := range c.Running() {
+			if m.ID == lead && m.Node.Status().State == "leader" {
+				leader = m
+				return nil
+			}
+		}
+		return fmt.Errorf("leader %d is not running or not yet leader", lead)
+	})
+	return leader
+}
+
+// Followers returns the running members that are not the leader.
+func (c *Cluster) Followers() []*Member {
+	lead := c.WaitLeader(10 * time.Second)
+	var out []*Member
+	for _, m := range c.Running() {
+		if m != lead {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// Set writes key=value through m's POST /raft/api/set and returns the
+// status and body.
+func (c *Cluster) Set(m *Member, key, value string) (int, []byte, error) {
+	body, _ := json.Marshal(kvstore.Op{Key: key, Value: value})
+	return c.Post(m, "/raft/api/set", body)
+}
+
+// Post sends body to path on m.
+func (c *Cluster) Post(m *Member, path string, body []byte) (int, []byte, error) {
+	resp, err := c.Client.Post(m.URL+path, "application/json", bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+// MustSet writes and fails the test unless the write is acknowledged.
+func (c *Cluster) MustSet(m *Member, key, value string) {
+	c.T.Helper()
+	code, body, err := c.Set(m, key, value)
+	if err != nil || code != http.StatusOK {
+		c.T.Fatalf("set %s=%s on member %d: status %d, err %v, body %s", key, value, m.ID, code, err, body)
+	}
+}
+
+// SetEventually retries a write through any running member until one
+// acknowledges it (use across failures, where an attempt may be refused).
+func (c *Cluster) SetEventually(key, value string, timeout time.Duration) {
+	c.T.Helper()
+	Eventually(c.T, timeout, func() error {
+		var last error
+		for _, m := range c.Running() {
+			code, body, err := c.Set(m, key, value)
+			if err == nil && code == http.StatusOK {
+				return nil
+			}
+			last = fmt.Errorf("write %s via member %d: %d %v %s", key, m.ID, code, err, body)
+		}
+		return last
+	})
+}
+
+// WaitConverged waits until every running member has applied the same index
+// and holds the same state, and returns that state.
+func (c *Cluster) WaitConverged(timeout time.Duration) map[string]string {
+	c.T.Helper()
+	var state map[string]string
+	Eventually(c.T, timeout, func() error {
+		ms := c.Running()
+		state = ms[0].Store.Snapshot()
+		applied := ms[0].Node.Status().Applied
+		for _, m := range ms[1:] {
+			if a := m.Node.Status().Applied; a != applied {
+				return fmt.Errorf("not converged: applied %d on member %d, %d on member %d", applied, ms[0].ID, a, m.ID)
+			}
+			if s := m.Store.Snapshot(); !mapsEqual(state, s) {
+				return fmt.Errorf("not converged: member %d has %d keys, member %d has %d", ms[0].ID, len(state), m.ID, len(s))
+			}
+		}
+		return nil
+	})
+	return state
+}
+
+func mapsEqual(a, b map[string]string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if w, ok := b[k]; !ok || w != v {
+			return false
+		}
+	}
+	return true
+}
+
+// Eventually polls cond every 10ms until it returns nil or timeout passes,
+// then fails the test with cond's last error.
+func Eventually(t testing.TB, timeout time.Duration, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v: %v", timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// logSink routes node logs to t.Log until the test ends.
+type logSink struct {
+	mu     sync.Mutex
+	t      testing.TB
+	closed bool
+}
+
+func (l *logSink) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.closed {
+		l.t.Log(strings.TrimSuffix(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+func (l *logSink) close() {
+	l.mu.Lock()
+	l.closed = true
+	l.mu.Unlock()
+}

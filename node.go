@@ -1,0 +1,450 @@
+package embedraft
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha1"
+	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/raft/v3"
+	"go.etcd.io/etcd/raft/v3/raftpb"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/rafthttp"
+	"go.uber.org/zap"
+
+	"github.com/embedraft/embedraft/transport"
+)
+
+// Modes reported by Status.
+const (
+	ModeStandalone = "standalone"
+	ModeCluster    = "cluster"
+	ModeRemoved    = "removed"
+)
+
+// removedMarker is the file a removed node leaves in its data directory so
+// that it never comes back under the same id.
+const removedMarker = "REMOVED"
+
+// Node is one member of an embedraft cluster (or a standalone node). Create
+// it with New, mount Handler on your router, write with Send, stop with
+// Close.
+//
+// Goroutines (cluster mode): the raft loop (run) owns the Ready/Advance
+// cycle, ticks, the WAL, the snapshot files, MemoryStorage writes and the
+// transport's sends; the apply loop (applyLoop) is the only caller of the
+// service's Commit, ResetSnap and GetSnapshot. Both exit when stopc is
+// closed (Close, a fatal storage error, or removal). raft.Node's own methods
+// (Propose, ReadIndex, ProposeConfChange, Step) are goroutine-safe channel
+// calls into raft's goroutine and are used directly from request goroutines.
+type Node struct {
+	cfg Config
+	svc IService
+	log *slog.Logger
+	zl  *zap.Logger
+
+	id        uint64
+	clusterID atomic.Uint64
+	mode      atomic.Value // string
+
+	reg     *registry
+	waits   *waitRegistry
+	reads   *readRegistry
+	applied *indexNotifier
+	reqSeq  atomic.Uint64
+	fwd     *transport.Forwarder
+	handler http.Handler
+
+	// standalone mode: writes hold gate for reading; commitMu keeps the
+	// service's Commit single-threaded as in cluster mode.
+	gate     sync.RWMutex
+	commitMu sync.Mutex
+
+	// cluster mode, set once by startRaft before the loops start.
+	rn        raft.Node
+	storage   *raft.MemoryStorage
+	disk      *diskStorage
+	peerTr    atomic.Pointer[rafthttp.Transport]
+	applyc    chan applyBatch
+	snapReqc  chan snapshotRequest
+	purgeDone <-chan struct{}
+
+	// published by the raft loop for Status and the write path.
+	leader    atomic.Uint64
+	raftState atomic.Uint32
+	term      atomic.Uint64
+	commit    atomic.Uint64
+	leaderSig *indexNotifier // bumped on every leader change
+
+	stopc     chan struct{} // closed to stop every goroutine
+	stopOnce  sync.Once
+	loops     sync.WaitGroup
+	done      chan struct{} // closed when everything is released
+	closeOnce sync.Once
+	failMu    sync.Mutex
+	failErr   error
+}
+
+// New creates a node from cfg and starts it: standalone, as a static or
+// one-member cluster, or, when cfg.DataDir holds a WAL, restarted with the
+// identity, cluster id and peers stored there.
+func New(cfg Config, svc IService) (*Node, error) {
+	if svc == nil {
+		return nil, fmt.Errorf("%w: nil service", ErrInvalidConfig)
+	}
+	idGiven := cfg.ID != 0
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.AdvertiseURL = strings.TrimSuffix(cfg.AdvertiseURL, "/")
+	n := &Node{
+		cfg:       cfg,
+		svc:       svc,
+		id:        cfg.ID,
+		reg:       newRegistry(),
+		waits:     newWaitRegistry(),
+		reads:     newReadRegistry(),
+		applied:   newIndexNotifier(0),
+		leaderSig: newIndexNotifier(0),
+		stopc:     make(chan struct{}),
+		done:      make(chan struct{}),
+	}
+	n.reqSeq.Store(uint64(time.Now().UnixNano()))
+	n.mode.Store(ModeStandalone)
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("%w: create data dir: %v", ErrStorage, err)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, removedMarker)); err == nil {
+		n.mode.Store(ModeRemoved)
+	}
+	var rec recovered
+	var disk *diskStorage
+	if hasWAL(cfg.DataDir) {
+		n.setLogger()
+		var err error
+		disk, rec, err = openDisk(n.zl, cfg.DataDir)
+		if err != nil {
+			return nil, err
+		}
+		if idGiven && rec.meta.NodeID != cfg.ID {
+			disk.close()
+			return nil, fmt.Errorf("%w: data dir %s belongs to node %d, not %d", ErrInvalidConfig, cfg.DataDir, rec.meta.NodeID, cfg.ID)
+		}
+		if len(cfg.Peers) > 0 && staticClusterID(cfg.Peers) != rec.meta.ClusterID {
+			disk.close()
+			return nil, fmt.Errorf("%w: data dir %s belongs to cluster %x, not the one -peers describes (%x)",
+				ErrInvalidConfig, cfg.DataDir, rec.meta.ClusterID, staticClusterID(cfg.Peers))
+		}
+		n.id = rec.meta.NodeID
+		n.clusterID.Store(rec.meta.ClusterID)
+	}
+	n.setLogger()
+	n.fwd = transport.NewForwarder(n.id, cfg.Token, cfg.ForwardTimeout)
+	n.handler = n.routes()
+	svc.SetRaft(n)
+
+	var err error
+	switch {
+	case n.mode.Load() == ModeRemoved:
+		if disk != nil {
+			disk.close()
+		}
+		n.log.Warn("node was removed from its cluster; serving status only")
+		n.stop(nil)
+	case disk != nil:
+		err = n.restartRaft(disk, rec)
+	case len(cfg.Peers) > 0:
+		err = n.bootstrapRaft(cfg.Peers, staticClusterID(cfg.Peers))
+	case cfg.Cluster:
+		err = n.bootstrapRaft(map[uint64]string{n.id: cfg.AdvertiseURL}, randomClusterID())
+	default:
+		n.log.Info("started standalone")
+	}
+	if err != nil {
+		n.stop(err)
+		n.release()
+		return nil, err
+	}
+	return n, nil
+}
+
+func (n *Node) setLogger() {
+	n.log = n.cfg.Logger.With("node", n.id, "cluster", strconv.FormatUint(n.clusterID.Load(), 16))
+	n.zl = newZapLogger(n.log)
+}
+
+// staticClusterID derives a cluster id from the member list, as etcd does,
+// so every member of a static bootstrap agrees without talking.
+func staticClusterID(peers map[uint64]string) uint64 {
+	h := sha1.New()
+	for _, id := range sortedIDs(peers) {
+		fmt.Fprintf(h, "%d=%s\n", id, strings.TrimSuffix(peers[id], "/"))
+	}
+	id := binary.BigEndian.Uint64(h.Sum(nil)[:8])
+	if id == 0 {
+		id = 1
+	}
+	return id
+}
+
+func randomClusterID() uint64 {
+	var b [8]byte
+	for {
+		_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
+		if id := binary.BigEndian.Uint64(b[:]); id != 0 {
+			return id
+		}
+	}
+}
+
+func (n *Node) raftConfig(storage *raft.MemoryStorage) *raft.Config {
+	return &raft.Config{
+		ID:                        n.id,
+		ElectionTick:              n.cfg.ElectionTicks,
+		HeartbeatTick:             n.cfg.HeartbeatTicks,
+		Storage:                   storage,
+		MaxSizePerMsg:             1 << 20,
+		MaxCommittedSizePerReady:  64 << 20,
+		MaxInflightMsgs:           512,
+		MaxUncommittedEntriesSize: 1 << 30,
+		CheckQuorum:               true,
+		PreVote:                   true,
+		DisableProposalForwarding: true,
+		Logger:                    raftLogger{n.log},
+	}
+}
+
+// bootstrapRaft creates the WAL and starts raft for a brand-new cluster
+// whose members are peers.
+func (n *Node) bootstrapRaft(peers map[uint64]string, clusterID uint64) error {
+	n.clusterID.Store(clusterID)
+	n.setLogger()
+	disk, err := createDisk(n.zl, n.cfg.DataDir, walMetadata{NodeID: n.id, ClusterID: clusterID})
+	if err != nil {
+		return err
+	}
+	storage := raft.NewMemoryStorage()
+	rpeers := make([]raft.Peer, 0, len(peers))
+	for _, id := range sortedIDs(peers) {
+		rpeers = append(rpeers, raft.Peer{ID: id, Context: confContext{ID: id, Addr: peers[id]}.marshal()})
+	}
+	if err := n.startLoops(disk, storage, peers); err != nil {
+		return err
+	}
+	n.rn = raft.StartNode(n.raftConfig(storage), rpeers)
+	n.launch(raftpb.ConfState{}, 0)
+	n.log.Info("bootstrapped cluster", "members", len(peers))
+	return nil
+}
+
+// restartRaft restarts a node from its snapshot and WAL.
+func (n *Node) restartRaft(disk *diskStorage, rec recovered) error {
+	storage, err := newMemoryStorage(rec)
+	if err != nil {
+		disk.close()
+		return err
+	}
+	var confState raftpb.ConfState
+	var snapIndex uint64
+	if !raft.IsEmptySnap(rec.snapshot) {
+		if err := n.restoreSnapshot(rec.snapshot); err != nil {
+			disk.close()
+			return err
+		}
+		confState, snapIndex = rec.snapshot.Metadata.ConfState, rec.snapshot.Metadata.Index
+	}
+	peers := map[uint64]string{}
+	for id, m := range n.reg.members() {
+		peers[id] = m.Addr
+	}
+	if err := n.startLoops(disk, storage, peers); err != nil {
+		return err
+	}
+	n.rn = raft.RestartNode(n.raftConfig(storage))
+	n.launch(confState, snapIndex)
+	// Replay what the WAL knows to be committed before New returns, so the
+	// service comes back with its state.
+	if err := n.applied.wait(context.Background(), rec.hardState.Commit, n.stopc); err != nil {
+		if ferr := n.Err(); ferr != nil {
+			return ferr
+		}
+		return err
+	}
+	n.log.Info("restarted from disk", "snapshot_index", snapIndex, "wal_entries", len(rec.entries),
+		"commit", rec.hardState.Commit)
+	return nil
+}
+
+// startLoops wires storage and transport; launch then starts the goroutines.
+func (n *Node) startLoops(disk *diskStorage, storage *raft.MemoryStorage, peers map[uint64]string) error {
+	n.disk, n.storage = disk, storage
+	n.applyc = make(chan applyBatch, 16)
+	n.snapReqc = make(chan snapshotRequest, 1)
+	tr, err := transport.NewPeerTransport(transport.PeerConfig{
+		ID: n.id, ClusterID: n.clusterID.Load(), URL: n.cfg.AdvertiseURL,
+		Raft: peerRaft{n}, Snapshotter: disk.snapshotter, Logger: n.zl,
+	})
+	if err != nil {
+		disk.close()
+		return fmt.Errorf("start peer transport: %w", err)
+	}
+	for id, u := range peers {
+		if id != n.id && u != "" {
+			tr.AddPeer(typesID(id), []string{u})
+		}
+	}
+	n.peerTr.Store(tr)
+	n.purgeDone = disk.startPurge(n.stopc, DefaultMaxSnapFiles, DefaultMaxWALFiles)
+	n.mode.Store(ModeCluster)
+	return nil
+}
+
+func (n *Node) launch(confState raftpb.ConfState, snapIndex uint64) {
+	n.applied.set(snapIndex)
+	n.loops.Add(2)
+	go n.run()
+	go n.applyLoop(confState, snapIndex)
+}
+
+// ID returns this node's member id.
+func (n *Node) ID() uint64 { return n.id }
+
+// Mode returns ModeStandalone, ModeCluster or ModeRemoved.
+func (n *Node) Mode() string { return n.mode.Load().(string) }
+
+// Handler returns the node's HTTP handler: client, admin, peer and rafthttp
+// routes. Mount it at the root of the router that AdvertiseURL reaches.
+func (n *Node) Handler() http.Handler { return n.handler }
+
+// Err returns the error that stopped the node, if any.
+func (n *Node) Err() error {
+	n.failMu.Lock()
+	defer n.failMu.Unlock()
+	return n.failErr
+}
+
+// stop asks every goroutine to exit; err, when not nil, is why.
+func (n *Node) stop(err error) {
+	if err != nil {
+		n.failMu.Lock()
+		if n.failErr == nil {
+			n.failErr = err
+		}
+		n.failMu.Unlock()
+		if n.log != nil {
+			n.log.Error("node stopping", "err", err)
+		}
+	}
+	n.stopOnce.Do(func() { close(n.stopc) })
+}
+
+// release waits for the loops and frees everything they used. It runs once.
+func (n *Node) release() {
+	n.closeOnce.Do(func() {
+		n.loops.Wait()
+		if n.rn != nil {
+			n.rn.Stop()
+		}
+		if tr := n.peerTr.Load(); tr != nil {
+			tr.Stop()
+		}
+		if n.purgeDone != nil {
+			<-n.purgeDone
+		}
+		if n.disk != nil {
+			if err := n.disk.close(); err != nil {
+				n.log.Warn("close wal", "err", err)
+			}
+		}
+		if n.fwd != nil {
+			n.fwd.Close()
+		}
+		close(n.done)
+	})
+}
+
+// Close stops the node and every goroutine it started, waiting at most
+// until ctx ends. The data directory is left as it is.
+func (n *Node) Close(ctx context.Context) error {
+	n.stop(nil)
+	go n.release()
+	select {
+	case <-n.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("close: %w", ctx.Err())
+	}
+}
+
+// Status is a point-in-time view of the node, served on GET /raft/api/status.
+type Status struct {
+	ID        uint64 `json:"id"`
+	ClusterID string `json:"cluster_id"`
+	Mode      string `json:"mode"`
+	State     string `json:"state"`
+	Leader    uint64 `json:"leader"`
+	Term      uint64 `json:"term"`
+	Commit    uint64 `json:"commit"`
+	Applied   uint64 `json:"applied"`
+}
+
+// Status returns the node's current status.
+func (n *Node) Status() Status {
+	s := Status{
+		ID:        n.id,
+		ClusterID: strconv.FormatUint(n.clusterID.Load(), 16),
+		Mode:      n.Mode(),
+		Leader:    n.leader.Load(),
+		Term:      n.term.Load(),
+		Commit:    n.commit.Load(),
+		Applied:   n.applied.get(),
+	}
+	switch s.Mode {
+	case ModeStandalone:
+		s.State, s.Leader = "leader", n.id
+	case ModeRemoved:
+		s.State, s.Leader = "removed", 0
+	default:
+		switch raft.StateType(n.raftState.Load()) {
+		case raft.StateLeader:
+			s.State = "leader"
+		case raft.StateCandidate, raft.StatePreCandidate:
+			s.State = "candidate"
+		default:
+			s.State = "follower"
+			if m, ok := n.reg.member(n.id); ok && m.Role == RoleLearner {
+				s.State = "learner"
+			}
+		}
+	}
+	return s
+}
+
+// PeerList is served on GET /raft/api/getPeerList.
+type PeerList struct {
+	Leader uint64              `json:"leader"`
+	Peers  map[string]NodeInfo `json:"peers"`
+}
+
+// Peers returns the current membership.
+func (n *Node) Peers() PeerList {
+	pl := PeerList{Leader: n.Status().Leader, Peers: map[string]NodeInfo{}}
+	if n.Mode() == ModeStandalone {
+		pl.Peers[strconv.FormatUint(n.id, 10)] = NodeInfo{ID: n.id, Addr: n.cfg.AdvertiseURL, Role: RoleVoter}
+		return pl
+	}
+	for id, m := range n.reg.members() {
+		pl.Peers[strconv.FormatUint(id, 10)] = m
+	}
+	return pl
+}

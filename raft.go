@@ -1,0 +1,150 @@
+package embedraft
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/types"
+	"go.etcd.io/etcd/raft/v3"
+	"go.etcd.io/etcd/raft/v3/raftpb"
+)
+
+func typesID(id uint64) types.ID { return types.ID(id) }
+
+// applyBatch is one Ready's worth of work for the apply loop.
+type applyBatch struct {
+	snapshot raftpb.Snapshot
+	entries  []raftpb.Entry
+}
+
+// run is the raft loop: the only goroutine that calls Tick, Ready and
+// Advance, writes the WAL and snapshot files, and writes MemoryStorage. It
+// exits when stopc is closed, on a storage error (stopping the node), or
+// when rafthttp reports this member removed.
+func (n *Node) run() {
+	defer n.loops.Done()
+	ticker := time.NewTicker(n.cfg.TickInterval)
+	defer ticker.Stop()
+	tr := n.peerTr.Load()
+	isLeader := false
+	for {
+		select {
+		case <-ticker.C:
+			n.rn.Tick()
+		case rd := <-n.rn.Ready():
+			if rd.SoftState != nil {
+				isLeader = rd.SoftState.RaftState == raft.StateLeader
+				n.raftState.Store(uint32(rd.SoftState.RaftState))
+				if old := n.leader.Swap(rd.SoftState.Lead); old != rd.SoftState.Lead {
+					n.leaderSig.set(n.leaderSig.get() + 1)
+					n.log.Info("leader changed", "leader", rd.SoftState.Lead, "term", n.rn.Status().Term)
+				}
+			}
+			for _, rs := range rd.ReadStates {
+				n.reads.trigger(rs.RequestCtx, rs.Index)
+			}
+			// The leader sends before its own fsync: followers persist in
+			// parallel, and the leader's entry counts toward the quorum only
+			// once its Ready is handled (raft thesis 10.2.1, etcd server).
+			if isLeader {
+				tr.Send(rd.Messages)
+			}
+			if err := n.persist(rd); err != nil {
+				n.stop(err)
+				return
+			}
+			if !isLeader {
+				tr.Send(rd.Messages)
+			}
+			if !raft.IsEmptyHardState(rd.HardState) {
+				n.term.Store(rd.HardState.Term)
+				n.commit.Store(rd.HardState.Commit)
+			}
+			if len(rd.CommittedEntries) > 0 || !raft.IsEmptySnap(rd.Snapshot) {
+				select {
+				case n.applyc <- applyBatch{snapshot: rd.Snapshot, entries: rd.CommittedEntries}:
+				case <-n.stopc:
+					return
+				}
+			}
+			n.rn.Advance()
+		case req := <-n.snapReqc:
+			if err := n.saveSnapshot(req); err != nil {
+				n.stop(err)
+				return
+			}
+		case err := <-tr.ErrorC:
+			// rafthttp reports only one critical error: a peer told us
+			// this member was removed from the cluster.
+			n.log.Warn("peer transport", "err", err)
+			n.markRemoved()
+			return
+		case <-n.stopc:
+			return
+		}
+	}
+}
+
+// persist writes one Ready: snapshot file and record, then entries and hard
+// state with a single fsync, then MemoryStorage.
+func (n *Node) persist(rd raft.Ready) error {
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		if err := n.disk.saveSnapshot(rd.Snapshot); err != nil {
+			return err
+		}
+	}
+	if err := n.disk.save(rd.HardState, rd.Entries); err != nil {
+		return err
+	}
+	if !raft.IsEmptySnap(rd.Snapshot) {
+		if err := n.storage.ApplySnapshot(rd.Snapshot); err != nil && !errors.Is(err, raft.ErrSnapOutOfDate) {
+			return err
+		}
+	}
+	return n.storage.Append(rd.Entries)
+}
+
+// markRemoved records that this node left the cluster for good and stops it.
+func (n *Node) markRemoved() {
+	n.mode.Store(ModeRemoved)
+	if err := writeRemovedMarker(n.cfg.DataDir); err != nil {
+		n.log.Error("write removed marker", "err", err)
+	}
+	n.log.Warn("this node was removed from the cluster")
+	n.stop(nil)
+}
+
+// peerRaft is what rafthttp sees of the node.
+type peerRaft struct{ n *Node }
+
+// Process steps a message from a peer. Its errors answer the peer's HTTP
+// request themselves (rafthttp otherwise panics its handler to drop the
+// connection): 403 tells a removed member it was removed, 503 asks the
+// sender to retry.
+func (p peerRaft) Process(ctx context.Context, m raftpb.Message) error {
+	if p.n.reg.isRemoved(m.From) {
+		return peerError{http.StatusForbidden, "the member has been permanently removed from the cluster"}
+	}
+	if err := p.n.rn.Step(ctx, m); err != nil {
+		return peerError{http.StatusServiceUnavailable, err.Error()}
+	}
+	return nil
+}
+func (p peerRaft) IsIDRemoved(id uint64) bool     { return p.n.reg.isRemoved(id) }
+func (p peerRaft) ReportUnreachable(id uint64)    { p.n.rn.ReportUnreachable(id) }
+func (p peerRaft) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
+	p.n.rn.ReportSnapshot(id, status)
+}
+
+// peerError is an error that writes its own HTTP answer to rafthttp.
+type peerError struct {
+	status int
+	msg    string
+}
+
+func (e peerError) Error() string { return e.msg }
+
+// WriteTo is rafthttp's writerToResponse.
+func (e peerError) WriteTo(w http.ResponseWriter) { http.Error(w, e.msg, e.status) }

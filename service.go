@@ -1,0 +1,62 @@
+package embedraft
+
+import "context"
+
+// IService is implemented by the application whose state is replicated.
+//
+// Concurrency: the library never calls two of Commit, ResetSnap, GetSnapshot
+// and GetInit at the same time. In cluster mode they are called from the
+// node's apply goroutine; in standalone mode Commit is called from the
+// goroutine of the write, serialized by the library. PreProcessData may be
+// called concurrently from request goroutines and must be safe for that. The
+// service's own read paths (its HTTP handlers) run concurrently with all of
+// them, so the service guards its state with its own lock.
+type IService interface {
+	// Commit applies the data of one committed entry. It is called on every
+	// node, in log order, from one goroutine (the apply goroutine); it must
+	// be deterministic. An error is returned to the client that made the
+	// write (wrapped in ErrCommit) and must leave the state unchanged: every
+	// node sees the same error for the same entry, so the replicas stay
+	// equal. It is not retried.
+	Commit(data []byte) error
+
+	// PreProcessData runs on the leader only, once per client request, from
+	// the request's goroutine, before the proposal: it turns a request body
+	// into the entry data (resolving anything non-deterministic: time, ids)
+	// and an object returned to the client once the entry is committed and
+	// applied. An error rejects the request (ErrBadRequest, HTTP 400) and
+	// nothing is proposed.
+	PreProcessData(body []byte) (object interface{}, data []byte, err error)
+
+	// GetInit packs the service's current state when a standalone node turns
+	// into a cluster. Called once, with writes held. An error aborts the
+	// switch and the node stays standalone.
+	GetInit() (data []byte, err error)
+
+	// ResetSnap replaces the whole state with data produced by GetSnapshot or
+	// GetInit (snapshot install, restart, switchover entry). Called from the
+	// apply goroutine, or from New before any other call. An error stops the
+	// node (it cannot continue with a state it failed to load).
+	ResetSnap(data []byte) error
+
+	// GetSnapshot serializes the whole state for a snapshot. Called from the
+	// apply goroutine every Config.SnapshotCount applied entries, so the
+	// state is exactly that of the last applied entry. An error skips this
+	// snapshot (logged); the next one is tried after further entries.
+	GetSnapshot() (data []byte, err error)
+
+	// SetRaft hands the service the sender it may use from its own handlers.
+	// Called once by New before the node starts.
+	SetRaft(raft IRaftSender)
+}
+
+// IRaftSender is what a service uses to write through the cluster.
+type IRaftSender interface {
+	// Send proposes a request body as a client write would (forwarded to the
+	// leader when needed) and returns PreProcessData's object after commit
+	// and apply on this node. On a follower the object is the leader's JSON
+	// encoding of it, as a json.RawMessage. It must not be called from
+	// Commit, ResetSnap, GetSnapshot or GetInit: they hold the apply path
+	// that Send waits for.
+	Send(ctx context.Context, body []byte) (interface{}, error)
+}

@@ -1,0 +1,108 @@
+// Package transport holds embedraft's node-to-node HTTP plumbing: the
+// rafthttp peer transport and the client that forwards client writes from a
+// follower to the leader.
+package transport
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// Header names used between embedraft nodes.
+const (
+	// HeaderIndex carries the log index of a write the leader applied, so a
+	// forwarding follower can wait until it has applied it too.
+	HeaderIndex = "X-Embedraft-Index"
+	// HeaderClusterID carries the sender's cluster id (hex); a node rejects
+	// peer requests from another cluster.
+	HeaderClusterID = "X-Embedraft-Cluster-Id"
+	// HeaderFrom carries the sender's member id.
+	HeaderFrom = "X-Embedraft-From"
+)
+
+// ProposePath is the leader route a follower forwards client writes to.
+const ProposePath = "/raft/node/propose"
+
+// maxResponseBytes bounds a leader's answer read by the forwarder.
+const maxResponseBytes = 16 << 20
+
+// ErrNotSent reports that a forwarded request never reached the leader (the
+// connection could not be made), so it certainly was not proposed.
+var ErrNotSent = errors.New("request not sent")
+
+// Forwarder sends client writes to the leader over pooled keep-alive
+// connections. It is safe for concurrent use.
+type Forwarder struct {
+	client *http.Client
+	token  string
+	from   uint64
+}
+
+// NewForwarder returns a forwarder whose requests each take at most timeout.
+func NewForwarder(from uint64, token string, timeout time.Duration) *Forwarder {
+	tr := &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:          256,
+		MaxIdleConnsPerHost:   256,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: timeout,
+		ForceAttemptHTTP2:     false,
+	}
+	return &Forwarder{client: &http.Client{Transport: tr, Timeout: timeout}, token: token, from: from}
+}
+
+// Response is the leader's answer, passed to the client unchanged.
+type Response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+	// Index is the log index of the applied write (0 when the leader did
+	// not report one, as on errors).
+	Index uint64
+}
+
+// Propose posts body to leaderURL's propose route. An error means no answer
+// was received; it wraps ErrNotSent when the leader was never reached.
+func (f *Forwarder) Propose(ctx context.Context, leaderURL string, clusterID uint64, body []byte) (*Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, leaderURL+ProposePath, bytes.NewReader(body))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrNotSent, err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set(HeaderClusterID, strconv.FormatUint(clusterID, 16))
+	req.Header.Set(HeaderFrom, strconv.FormatUint(f.from, 10))
+	if f.token != "" {
+		req.Header.Set("Authorization", "Bearer "+f.token)
+	}
+	resp, err := f.client.Do(req)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			return nil, fmt.Errorf("%w: %v", ErrNotSent, err)
+		}
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes))
+	if err != nil {
+		return nil, fmt.Errorf("read leader answer: %w", err)
+	}
+	out := &Response{Status: resp.StatusCode, Header: resp.Header, Body: b}
+	if s := resp.Header.Get(HeaderIndex); s != "" {
+		if out.Index, err = strconv.ParseUint(s, 10, 64); err != nil {
+			return nil, fmt.Errorf("leader answered a bad %s %q", HeaderIndex, s)
+		}
+	}
+	return out, nil
+}
+
+// Close releases idle connections.
+func (f *Forwarder) Close() { f.client.CloseIdleConnections() }

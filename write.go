@@ -1,0 +1,219 @@
+package embedraft
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/raft/v3"
+
+	"github.com/embedraft/embedraft/transport"
+)
+
+// writeResult is the outcome of a successful write.
+type writeResult struct {
+	object interface{}
+	// forwarded is the leader's answer when a follower forwarded the write;
+	// the HTTP route passes it to the client unchanged.
+	forwarded *transport.Response
+	index     uint64
+}
+
+// Send proposes body as a client write and returns PreProcessData's object
+// once the entry is committed and applied on this node. See IRaftSender.
+func (n *Node) Send(ctx context.Context, body []byte) (interface{}, error) {
+	res, err := n.write(ctx, body)
+	if err != nil {
+		return nil, err
+	}
+	if res.forwarded != nil {
+		var env struct {
+			Data json.RawMessage `json:"data"`
+		}
+		if err := json.Unmarshal(res.forwarded.Body, &env); err != nil {
+			return nil, fmt.Errorf("decode leader answer: %w", err)
+		}
+		return env.Data, nil
+	}
+	return res.object, nil
+}
+
+func (n *Node) checkBody(body []byte) error {
+	if len(body) == 0 {
+		return fmt.Errorf("%w: empty body", ErrBadRequest)
+	}
+	if int64(len(body)) > n.cfg.MaxRequestBytes {
+		return fmt.Errorf("%w: %d bytes, limit %d", ErrTooLarge, len(body), n.cfg.MaxRequestBytes)
+	}
+	return nil
+}
+
+// write runs a client write in whatever mode the node is in.
+func (n *Node) write(ctx context.Context, body []byte) (writeResult, error) {
+	if err := n.checkBody(body); err != nil {
+		return writeResult{}, err
+	}
+	if res, done, err := n.writeStandalone(body); done {
+		return res, err
+	}
+	switch n.Mode() {
+	case ModeRemoved:
+		return writeResult{}, ErrRemoved
+	case ModeCluster:
+	default:
+		return writeResult{}, ErrStopped
+	}
+	for {
+		lead, err := n.waitLeader(ctx)
+		if err != nil {
+			return writeResult{}, err
+		}
+		if lead == n.id {
+			res, err := n.proposeLocal(ctx, body)
+			if errors.Is(err, ErrNotLeader) {
+				continue // lost leadership before proposing; nothing was proposed
+			}
+			return res, err
+		}
+		res, retry, err := n.forward(ctx, lead, body)
+		if retry {
+			if err := n.waitLeaderChange(ctx, lead); err != nil {
+				return writeResult{}, err
+			}
+			continue
+		}
+		return res, err
+	}
+}
+
+// writeStandalone applies a write directly when the node is standalone. done
+// is false when the node is not (or no longer) standalone.
+func (n *Node) writeStandalone(body []byte) (res writeResult, done bool, err error) {
+	n.gate.RLock()
+	defer n.gate.RUnlock()
+	if n.Mode() != ModeStandalone {
+		return res, false, nil
+	}
+	obj, data, err := n.svc.PreProcessData(body)
+	if err != nil {
+		return res, true, fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	n.commitMu.Lock()
+	defer n.commitMu.Unlock()
+	if err := n.svc.Commit(data); err != nil {
+		return res, true, fmt.Errorf("%w: %v", ErrCommit, err)
+	}
+	return writeResult{object: obj}, true, nil
+}
+
+// proposeLocal runs a write on the leader: PreProcessData once, propose an
+// envelope with a fresh request id, and wait until this node has applied it.
+func (n *Node) proposeLocal(ctx context.Context, body []byte) (writeResult, error) {
+	if raft.StateType(n.raftState.Load()) != raft.StateLeader {
+		return writeResult{}, ErrNotLeader
+	}
+	obj, data, err := n.svc.PreProcessData(body)
+	if err != nil {
+		return writeResult{}, fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	reqID := n.reqSeq.Add(1)
+	wait := n.waits.register(reqID)
+	env := entryEnvelope{Kind: kindPropose, ReqID: reqID, Origin: n.id, Payload: data}
+	if err := n.rn.Propose(ctx, env.marshal()); err != nil {
+		n.waits.cancel(reqID)
+		if errors.Is(err, raft.ErrProposalDropped) {
+			return writeResult{}, ErrNotLeader
+		}
+		// The proposal may have reached raft before ctx ended.
+		return writeResult{}, fmt.Errorf("%w: propose: %w", ErrUnknownOutcome, err)
+	}
+	select {
+	case r := <-wait:
+		if r.err != nil {
+			return writeResult{index: r.index}, fmt.Errorf("%w: %v", ErrCommit, r.err)
+		}
+		return writeResult{object: obj, index: r.index}, nil
+	case <-ctx.Done():
+		n.waits.cancel(reqID)
+		return writeResult{}, fmt.Errorf("%w: %w", ErrUnknownOutcome, ctx.Err())
+	case <-n.stopc:
+		n.waits.cancel(reqID)
+		return writeResult{}, fmt.Errorf("%w: %w", ErrUnknownOutcome, ErrStopped)
+	}
+}
+
+// forward sends a write to the leader and, when it succeeded, waits until
+// this node has applied the leader's index so the client can read its write
+// here. retry is true when the leader certainly did not propose it (it was
+// unreachable or no longer leader), so the caller may try the next leader.
+func (n *Node) forward(ctx context.Context, lead uint64, body []byte) (res writeResult, retry bool, err error) {
+	m, ok := n.reg.member(lead)
+	if !ok || m.Addr == "" {
+		return res, true, nil
+	}
+	resp, err := n.fwd.Propose(ctx, m.Addr, n.clusterID.Load(), body)
+	if err != nil {
+		if errors.Is(err, transport.ErrNotSent) {
+			n.log.Debug("leader unreachable", "leader", lead, "err", err)
+			return res, true, nil
+		}
+		if ctx.Err() != nil {
+			return res, false, fmt.Errorf("%w: %w", ErrUnknownOutcome, ctx.Err())
+		}
+		return res, false, fmt.Errorf("%w: forward to leader %d: %v", ErrUnknownOutcome, lead, err)
+	}
+	if resp.Status == 503 && envelopeCode(resp.Body) == codeOf(ErrNotLeader) {
+		return res, true, nil
+	}
+	res = writeResult{forwarded: resp, index: resp.Index}
+	if resp.Status/100 == 2 && resp.Index > 0 {
+		if err := n.applied.wait(ctx, resp.Index, n.stopc); err != nil {
+			return writeResult{}, false, fmt.Errorf("%w: committed at index %d but not yet applied here: %w",
+				ErrUnknownOutcome, resp.Index, err)
+		}
+	}
+	return res, false, nil
+}
+
+// waitLeader returns the current leader, waiting at most LeaderWait for one.
+func (n *Node) waitLeader(ctx context.Context) (uint64, error) {
+	return n.waitLeaderWhere(ctx, func(lead uint64) bool { return lead != 0 })
+}
+
+// waitLeaderChange waits at most LeaderWait until a leader other than old is
+// known.
+func (n *Node) waitLeaderChange(ctx context.Context, old uint64) error {
+	_, err := n.waitLeaderWhere(ctx, func(lead uint64) bool { return lead != 0 && lead != old })
+	return err
+}
+
+func (n *Node) waitLeaderWhere(ctx context.Context, ok func(uint64) bool) (uint64, error) {
+	deadline := time.NewTimer(n.cfg.LeaderWait)
+	defer deadline.Stop()
+	for {
+		_, changed := n.leaderSig.watch()
+		if lead := n.leader.Load(); ok(lead) {
+			return lead, nil
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return 0, ErrNoLeader
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err())
+		case <-n.stopc:
+			return 0, ErrStopped
+		}
+	}
+}
+
+// envelopeCode extracts the code of a JSON response envelope.
+func envelopeCode(b []byte) string {
+	var env struct {
+		Code string `json:"code"`
+	}
+	_ = json.Unmarshal(b, &env) // a body that is not an envelope has no code
+	return env.Code
+}
