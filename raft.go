@@ -132,8 +132,8 @@ func (p peerRaft) Process(ctx context.Context, m raftpb.Message) error {
 	}
 	return nil
 }
-func (p peerRaft) IsIDRemoved(id uint64) bool     { return p.n.reg.isRemoved(id) }
-func (p peerRaft) ReportUnreachable(id uint64)    { p.n.rn.ReportUnreachable(id) }
+func (p peerRaft) IsIDRemoved(id uint64) bool  { return p.n.reg.isRemoved(id) }
+func (p peerRaft) ReportUnreachable(id uint64) { p.n.rn.ReportUnreachable(id) }
 func (p peerRaft) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
 	p.n.rn.ReportSnapshot(id, status)
 }
