@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -47,8 +49,11 @@ func (n *Node) routes() http.Handler {
 		r.Get("/status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, n.Status(), nil) })
 		r.Get("/getPeerList", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, n.Peers(), nil) })
 		r.With(n.requireToken).Post("/transferLeader", n.handleTransferLeader)
+		r.With(n.requireToken).Post("/addNode", n.handleAddNode)
+		r.With(n.requireToken).Post("/deleteNode", n.handleDeleteNode)
 	})
 	r.With(n.requireToken, n.requireCluster).Post(transport.ProposePath, n.handlePropose)
+	r.With(n.requireToken).Post(transport.JoinPath, n.handleAddNode)
 	peer := http.HandlerFunc(n.servePeer)
 	r.Handle("/raft", peer)
 	r.Handle("/raft/stream/*", peer)
@@ -97,7 +102,7 @@ func (n *Node) handleSet(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), n.writeTimeout())
 	defer cancel()
 	res, err := n.write(ctx, body)
-	if err == nil && res.forwarded != nil {
+	if res.forwarded != nil && (err == nil || res.forwarded.Status/100 != 2) {
 		// The leader's answer, status and body unchanged.
 		w.Header().Set("Content-Type", "application/json")
 		if res.index > 0 {
@@ -147,6 +152,38 @@ func (n *Node) handleTransferLeader(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, map[string]uint64{"leader": req.To}, n.TransferLeader(ctx, req.To))
 }
 
+// handleAddNode serves POST /raft/api/addNode and POST /raft/node/join.
+func (n *Node) handleAddNode(w http.ResponseWriter, r *http.Request) {
+	var req JoinRequest
+	if err := n.decodeJSON(w, r, &req); err != nil {
+		writeJSON(w, nil, err)
+		return
+	}
+	if got := r.Header.Get(transport.HeaderClusterID); got != "" && req.ClusterID == "" {
+		req.ClusterID = got
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), n.writeTimeout())
+	defer cancel()
+	resp, err := n.AddMember(ctx, req)
+	writeJSON(w, resp, err)
+}
+
+// handleDeleteNode serves POST /raft/api/deleteNode {"id":N}.
+func (n *Node) handleDeleteNode(w http.ResponseWriter, r *http.Request) {
+	var req RemoveRequest
+	if err := n.decodeJSON(w, r, &req); err != nil {
+		writeJSON(w, nil, err)
+		return
+	}
+	if req.ID == 0 {
+		writeJSON(w, nil, fmt.Errorf("%w: \"id\" must be a positive member id", ErrBadRequest))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), n.writeTimeout())
+	defer cancel()
+	writeJSON(w, map[string]uint64{"removed": req.ID}, n.RemoveMember(ctx, req.ID))
+}
+
 // decodeJSON decodes a small JSON request body strictly into v.
 func (n *Node) decodeJSON(w http.ResponseWriter, r *http.Request, v interface{}) error {
 	body, err := n.readBody(w, r)
@@ -164,23 +201,56 @@ func (n *Node) decodeJSON(w http.ResponseWriter, r *http.Request, v interface{})
 	return nil
 }
 
-// servePeer hands rafthttp's routes to the peer transport.
+// maxPeerMessageBytes bounds one message on rafthttp's routes (a snapshot
+// travels as one message, so this is also the largest state that can be
+// replicated by snapshot).
+const maxPeerMessageBytes = 1 << 30
+
+// servePeer hands rafthttp's routes to the peer transport, with limits
+// rafthttp lacks: a bounded body, and a snapshot length checked before
+// rafthttp allocates it.
 func (n *Node) servePeer(w http.ResponseWriter, r *http.Request) {
 	tr := n.peerTr.Load()
 	if tr == nil || n.Mode() != ModeCluster {
 		writeJSON(w, nil, fmt.Errorf("%w: peer transport not running", ErrNotCluster))
 		return
 	}
+	// With a token, peers prove they hold it through the cluster id rafthttp
+	// sends on every request: see peerClusterID.
+	if n.cfg.Token != "" && r.URL.Path != "/raft/probing" &&
+		r.Header.Get("X-Etcd-Cluster-ID") != typesID(n.peerClusterID()).String() {
+		writeJSON(w, nil, fmt.Errorf("%w: peer request without the cluster token", ErrUnauthorized))
+		return
+	}
+	// Members are added from the replicated membership only, never from a
+	// request's claim of its own URLs.
+	r.Header.Del("X-PeerURLs")
+	r.Body = http.MaxBytesReader(w, r.Body, maxPeerMessageBytes+8)
+	if r.URL.Path == "/raft/snapshot" {
+		var hdr [8]byte
+		if _, err := io.ReadFull(r.Body, hdr[:]); err != nil {
+			writeJSON(w, nil, fmt.Errorf("%w: snapshot message: %v", ErrBadRequest, err))
+			return
+		}
+		if l := binary.BigEndian.Uint64(hdr[:]); l > maxPeerMessageBytes {
+			writeJSON(w, nil, fmt.Errorf("%w: snapshot message of %d bytes", ErrTooLarge, l))
+			return
+		}
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(hdr[:]), r.Body), r.Body}
+	}
 	tr.Handler().ServeHTTP(w, r)
 }
 
-// requireToken checks the cluster token on peer and admin routes.
+// requireToken checks the cluster token ("Authorization: Bearer <token>")
+// on the library's own peer and admin routes.
 func (n *Node) requireToken(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if n.cfg.Token != "" {
-			got := r.Header.Get("Authorization")
-			want := "Bearer " + n.cfg.Token
-			if subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+			got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if subtle.ConstantTimeCompare([]byte(got), []byte(n.cfg.Token)) != 1 {
 				writeJSON(w, nil, fmt.Errorf("%w: missing or wrong cluster token", ErrUnauthorized))
 				return
 			}

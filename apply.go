@@ -1,6 +1,7 @@
 package embedraft
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -39,6 +40,11 @@ type applier struct {
 	confState    raftpb.ConfState
 	appliedIndex uint64
 	snapIndex    uint64 // index of the last snapshot taken or installed
+	// snapNow asks for a snapshot at the next opportunity: a member was
+	// added while the log is compacted, and raft refuses to install a
+	// snapshot whose configuration does not include the receiver, so the
+	// new member needs one taken after its addition.
+	snapNow bool
 }
 
 func (a *applier) apply(b applyBatch) error {
@@ -67,13 +73,13 @@ func (a *applier) apply(b applyBatch) error {
 			if err := cc.Unmarshal(e.Data); err != nil {
 				return fmt.Errorf("%w: decode conf change at %d: %v", ErrStorage, e.Index, err)
 			}
-			a.applyConfChange(cc.AsV2())
+			a.applyConfChange(e.Index, cc.AsV2())
 		case raftpb.EntryConfChangeV2:
 			var cc raftpb.ConfChangeV2
 			if err := cc.Unmarshal(e.Data); err != nil {
 				return fmt.Errorf("%w: decode conf change at %d: %v", ErrStorage, e.Index, err)
 			}
-			a.applyConfChange(cc)
+			a.applyConfChange(e.Index, cc)
 		}
 		a.appliedIndex = e.Index
 	}
@@ -117,18 +123,27 @@ func (a *applier) applyNormal(e *raftpb.Entry) error {
 	return nil
 }
 
-func (a *applier) applyConfChange(cc raftpb.ConfChangeV2) {
+func (a *applier) applyConfChange(index uint64, cc raftpb.ConfChangeV2) {
 	n := a.n
 	a.confState = *n.rn.ApplyConfChange(cc)
 	if err := n.reg.applyConfChange(cc); err != nil {
 		n.log.Error("conf change context", "err", err)
 	}
+	var ctx confContext
+	if json.Unmarshal(cc.Context, &ctx) == nil && ctx.Origin == n.id && ctx.Req != 0 {
+		defer n.waits.trigger(ctx.Req, applyResult{index: index})
+	}
+	n.log.Info("membership changed", "index", index, "change", cc.String(), "voters", a.confState.Voters,
+		"learners", a.confState.Learners)
 	tr := n.peerTr.Load()
 	for _, ch := range cc.Changes {
 		switch ch.Type {
 		case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode:
 			if m, ok := n.reg.member(ch.NodeID); ok && ch.NodeID != n.id && m.Addr != "" {
 				tr.AddPeer(typesID(ch.NodeID), []string{m.Addr})
+			}
+			if first, err := n.storage.FirstIndex(); err == nil && first > 1 {
+				a.snapNow = true
 			}
 		case raftpb.ConfChangeRemoveNode:
 			if ch.NodeID == n.id {

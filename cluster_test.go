@@ -1,6 +1,9 @@
 package embedraft_test
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -211,6 +214,8 @@ func TestClusterBadInput(t *testing.T) {
 		{"propose too large", "/raft/node/propose", strings.Repeat("x", 5000),
 			map[string]string{"X-Embedraft-Cluster-Id": leader.Node.Status().ClusterID}, 413, "too large"},
 		{"raft garbage", "/raft", "\x00\x01garbage", nil, 0, ""},
+		{"snapshot claiming 512 GiB", "/raft/snapshot", "\x00\x00\x00\x80\x00\x00\x00\x00rest", nil, 413, "too large"},
+		{"snapshot short", "/raft/snapshot", "\x00\x01", nil, 400, "snapshot message"},
 		{"unknown route", "/raft/api/nope", "{}", nil, 404, "no route"},
 	}
 	for _, m := range []*tc.Member{leader, f} {
@@ -266,5 +271,51 @@ func TestClusterRestartWithContradictingFlags(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(m.Dir, "wal")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Send on a follower reports the leader's refusal as an error, not success.
+func TestClusterSendOnFollowerReturnsLeaderErrors(t *testing.T) {
+	c := tc.NewStatic(t, 3)
+	f := c.Followers()[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	obj, err := f.Node.Send(ctx, []byte(`{"key":""}`))
+	if !errors.Is(err, embedraft.ErrBadRequest) || obj != nil {
+		t.Fatalf("Send of a bad body on a follower: %v, %v", obj, err)
+	}
+	obj, err = f.Node.Send(ctx, []byte(`{"key":"k","value":"v"}`))
+	if raw, ok := obj.(json.RawMessage); err != nil || !ok || !strings.Contains(string(raw), `"value":"v"`) {
+		t.Fatalf("Send on a follower: %s, %v", obj, err)
+	}
+	if v, _ := f.Store.Get("k"); v != "v" {
+		t.Fatal("Send returned before the follower applied the write")
+	}
+}
+
+// During a leader transfer raft refuses proposals; a write waits it out and
+// PreProcessData still runs once for it.
+func TestClusterWriteDuringLeaderTransfer(t *testing.T) {
+	c := tc.NewStatic(t, 3)
+	leader := c.WaitLeader(5 * time.Second)
+	to := c.Followers()[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	before := leader.Store.PreProcessCount()
+	done := make(chan error, 1)
+	go func() { done <- leader.Node.TransferLeader(ctx, to.ID) }()
+	code, body, err := c.Set(leader, "during-transfer", "1")
+	if err != nil || (code != 200 && code != 503) {
+		t.Fatalf("write during transfer: %d %v %s", code, err, body)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("transfer: %v", err)
+	}
+	if got := leader.Store.PreProcessCount() - before; got > 1 {
+		t.Fatalf("PreProcessData ran %d times on the old leader for one write", got)
+	}
+	c.SetEventually("after-transfer", "1", 10*time.Second)
+	if nl := c.WaitLeader(5 * time.Second); nl != to {
+		t.Fatalf("leader is %d, want %d", nl.ID, to.ID)
 	}
 }

@@ -98,10 +98,13 @@ func unmarshalSnapshot(b []byte) (members, service []byte, err error) {
 }
 
 // confContext is the context of every conf change the library proposes: the
-// member's id and address, so the log alone is enough to know every peer.
+// member's id and address, so the log alone is enough to know every peer,
+// and the request id and origin of the change, to wake whoever proposed it.
 type confContext struct {
-	ID   uint64 `json:"id"`
-	Addr string `json:"addr"`
+	ID     uint64 `json:"id"`
+	Addr   string `json:"addr"`
+	Req    uint64 `json:"req,omitempty"`
+	Origin uint64 `json:"origin,omitempty"`
 }
 
 func (c confContext) marshal() []byte {

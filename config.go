@@ -24,6 +24,7 @@ const (
 	DefaultForwardTimeout  = 10 * time.Second
 	DefaultMaxSnapFiles    = 5
 	DefaultMaxWALFiles     = 5
+	DefaultJoinTimeout     = 60 * time.Second
 )
 
 // Config configures a Node. It is a value: zero fields mean the documented
@@ -48,6 +49,14 @@ type Config struct {
 	// same id -> URL map. Empty means standalone (or a one-member cluster
 	// with Cluster set).
 	Peers map[uint64]string
+
+	// Join is the URL of a member (or standalone node) of the cluster a new
+	// node joins. Ignored when the data directory already holds a WAL
+	// (other than to check that the target is in the same cluster).
+	Join string
+
+	// JoinTimeout bounds joining in New. Default 60s.
+	JoinTimeout time.Duration
 
 	// Cluster starts a new node as a one-member cluster instead of
 	// standalone. Ignored when Peers is set or a WAL exists.
@@ -115,10 +124,13 @@ func (c Config) withDefaults() Config {
 	if c.ForwardTimeout == 0 {
 		c.ForwardTimeout = DefaultForwardTimeout
 	}
+	if c.JoinTimeout == 0 {
+		c.JoinTimeout = DefaultJoinTimeout
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
-	if c.ID == 0 && len(c.Peers) == 0 {
+	if c.ID == 0 && len(c.Peers) == 0 && c.Join == "" {
 		c.ID = 1
 	}
 	if c.DataDir != "" {
@@ -140,6 +152,14 @@ func (c Config) Validate() error {
 	}
 	if err := checkURL(c.AdvertiseURL); err != nil {
 		bad("AdvertiseURL: %v", err)
+	}
+	if c.Join != "" {
+		if err := checkURL(c.Join); err != nil {
+			bad("Join: %v", err)
+		}
+		if len(c.Peers) > 0 {
+			bad("Join and Peers are exclusive")
+		}
 	}
 	if len(c.Peers) > 0 {
 		if c.ID == 0 {

@@ -3,6 +3,7 @@ package embedraft
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 )
 
@@ -126,6 +127,7 @@ var errorCodes = []struct {
 	{ErrStopped, "stopped"},
 	{ErrRemoved, "removed"},
 	{ErrNotFound, "not_found"},
+	{ErrChangeInFlight, "change_in_flight"},
 	{ErrConflict, "conflict"},
 	{ErrUnauthorized, "unauthorized"},
 	{ErrWrongCluster, "wrong_cluster"},
@@ -139,3 +141,7 @@ var errorCodes = []struct {
 // ErrWrongCluster is returned by peer routes to a request from a node of
 // another cluster.
 var ErrWrongCluster = errors.New("embedraft: wrong cluster")
+
+// ErrChangeInFlight is returned by AddMember and RemoveMember (HTTP 409)
+// while another membership change is being made; retry later.
+var ErrChangeInFlight = fmt.Errorf("%w: a membership change is in flight", ErrConflict)

@@ -2,8 +2,10 @@ package embedraft
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha1"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"log/slog"
@@ -85,6 +87,11 @@ type Node struct {
 	commit    atomic.Uint64
 	leaderSig *indexNotifier // bumped on every leader change
 
+	// membership changes: at most one in flight (on the leader); switchMu
+	// serializes the standalone-to-cluster switch.
+	confBusy atomic.Bool
+	switchMu sync.Mutex
+
 	stopc     chan struct{} // closed to stop every goroutine
 	stopOnce  sync.Once
 	loops     sync.WaitGroup
@@ -95,9 +102,29 @@ type Node struct {
 }
 
 // New creates a node from cfg and starts it: standalone, as a static or
-// one-member cluster, or, when cfg.DataDir holds a WAL, restarted with the
-// identity, cluster id and peers stored there.
+// one-member cluster, joined to the cluster at cfg.Join, or, when
+// cfg.DataDir holds a WAL, restarted with the identity, cluster id and peers
+// stored there. Joining waits at most cfg.JoinTimeout; use JoinCluster to
+// bound it with a context instead.
 func New(cfg Config, svc IService) (*Node, error) {
+	timeout := cfg.withDefaults().JoinTimeout
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return newNode(ctx, cfg, svc)
+}
+
+// JoinCluster starts a node that joins the cluster of target, the URL of any
+// member (leader or follower) or of a standalone node, which then becomes a
+// cluster. The leader assigns the node's id; with cfg.ID set (an id that
+// POST /raft/api/addNode returned) the node joins as that pre-registered
+// member. A node whose DataDir already holds a WAL restarts as the member it
+// was, so calling JoinCluster again with the same settings is safe.
+func JoinCluster(ctx context.Context, target string, cfg Config, svc IService) (*Node, error) {
+	cfg.Join = target
+	return newNode(ctx, cfg, svc)
+}
+
+func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 	if svc == nil {
 		return nil, fmt.Errorf("%w: nil service", ErrInvalidConfig)
 	}
@@ -107,6 +134,10 @@ func New(cfg Config, svc IService) (*Node, error) {
 		return nil, err
 	}
 	cfg.AdvertiseURL = strings.TrimSuffix(cfg.AdvertiseURL, "/")
+	cfg.Join = strings.TrimSuffix(cfg.Join, "/")
+	if cfg.Join != "" && !idGiven {
+		cfg.ID = 0 // the leader assigns it
+	}
 	n := &Node{
 		cfg:       cfg,
 		svc:       svc,
@@ -121,6 +152,7 @@ func New(cfg Config, svc IService) (*Node, error) {
 	}
 	n.reqSeq.Store(uint64(time.Now().UnixNano()))
 	n.mode.Store(ModeStandalone)
+	n.setLogger()
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("%w: create data dir: %v", ErrStorage, err)
 	}
@@ -129,24 +161,25 @@ func New(cfg Config, svc IService) (*Node, error) {
 	}
 	var rec recovered
 	var disk *diskStorage
-	if hasWAL(cfg.DataDir) {
-		n.setLogger()
+	var joined *JoinResponse
+	switch {
+	case hasWAL(cfg.DataDir):
 		var err error
 		disk, rec, err = openDisk(n.zl, cfg.DataDir)
 		if err != nil {
 			return nil, err
 		}
-		if idGiven && rec.meta.NodeID != cfg.ID {
+		if err := checkIdentity(ctx, cfg, idGiven, rec.meta); err != nil {
 			disk.close()
-			return nil, fmt.Errorf("%w: data dir %s belongs to node %d, not %d", ErrInvalidConfig, cfg.DataDir, rec.meta.NodeID, cfg.ID)
-		}
-		if len(cfg.Peers) > 0 && staticClusterID(cfg.Peers) != rec.meta.ClusterID {
-			disk.close()
-			return nil, fmt.Errorf("%w: data dir %s belongs to cluster %x, not the one -peers describes (%x)",
-				ErrInvalidConfig, cfg.DataDir, rec.meta.ClusterID, staticClusterID(cfg.Peers))
+			return nil, err
 		}
 		n.id = rec.meta.NodeID
 		n.clusterID.Store(rec.meta.ClusterID)
+	case cfg.Join != "" && n.Mode() != ModeRemoved:
+		var err error
+		if joined, err = n.requestJoin(ctx); err != nil {
+			return nil, err
+		}
 	}
 	n.setLogger()
 	n.fwd = transport.NewForwarder(n.id, cfg.Token, cfg.ForwardTimeout)
@@ -155,7 +188,7 @@ func New(cfg Config, svc IService) (*Node, error) {
 
 	var err error
 	switch {
-	case n.mode.Load() == ModeRemoved:
+	case n.Mode() == ModeRemoved:
 		if disk != nil {
 			disk.close()
 		}
@@ -163,6 +196,8 @@ func New(cfg Config, svc IService) (*Node, error) {
 		n.stop(nil)
 	case disk != nil:
 		err = n.restartRaft(disk, rec)
+	case joined != nil:
+		err = n.startJoined(joined)
 	case len(cfg.Peers) > 0:
 		err = n.bootstrapRaft(cfg.Peers, staticClusterID(cfg.Peers))
 	case cfg.Cluster:
@@ -176,6 +211,29 @@ func New(cfg Config, svc IService) (*Node, error) {
 		return nil, err
 	}
 	return n, nil
+}
+
+// checkIdentity refuses to restart from a data directory that contradicts
+// the configuration: another node id, another static member list, or a
+// -join target that is in another cluster.
+func checkIdentity(ctx context.Context, cfg Config, idGiven bool, meta walMetadata) error {
+	if idGiven && meta.NodeID != cfg.ID {
+		return fmt.Errorf("%w: data dir %s belongs to node %d, not %d", ErrInvalidConfig, cfg.DataDir, meta.NodeID, cfg.ID)
+	}
+	if len(cfg.Peers) > 0 && staticClusterID(cfg.Peers) != meta.ClusterID {
+		return fmt.Errorf("%w: data dir %s belongs to cluster %x, not the one Peers describes (%x)",
+			ErrInvalidConfig, cfg.DataDir, meta.ClusterID, staticClusterID(cfg.Peers))
+	}
+	if cfg.Join != "" {
+		// Best effort: a target that cannot be reached must not stop a
+		// member from restarting.
+		if st, err := fetchStatus(ctx, cfg.Join, cfg.Token); err == nil && st.Mode == ModeCluster &&
+			st.ClusterID != strconv.FormatUint(meta.ClusterID, 16) {
+			return fmt.Errorf("%w: data dir %s belongs to cluster %x, but %s is in cluster %s",
+				ErrInvalidConfig, cfg.DataDir, meta.ClusterID, cfg.Join, st.ClusterID)
+		}
+	}
+	return nil
 }
 
 func (n *Node) setLogger() {
@@ -238,10 +296,10 @@ func (n *Node) bootstrapRaft(peers map[uint64]string, clusterID uint64) error {
 	for _, id := range sortedIDs(peers) {
 		rpeers = append(rpeers, raft.Peer{ID: id, Context: confContext{ID: id, Addr: peers[id]}.marshal()})
 	}
+	n.rn = raft.StartNode(n.raftConfig(storage), rpeers)
 	if err := n.startLoops(disk, storage, peers); err != nil {
 		return err
 	}
-	n.rn = raft.StartNode(n.raftConfig(storage), rpeers)
 	n.launch(raftpb.ConfState{}, 0)
 	n.log.Info("bootstrapped cluster", "members", len(peers))
 	return nil
@@ -264,13 +322,18 @@ func (n *Node) restartRaft(disk *diskStorage, rec recovered) error {
 		confState, snapIndex = rec.snapshot.Metadata.ConfState, rec.snapshot.Metadata.Index
 	}
 	peers := map[uint64]string{}
+	for id, u := range rec.meta.Peers {
+		if !n.reg.isRemoved(id) {
+			peers[id] = u
+		}
+	}
 	for id, m := range n.reg.members() {
 		peers[id] = m.Addr
 	}
+	n.rn = raft.RestartNode(n.raftConfig(storage))
 	if err := n.startLoops(disk, storage, peers); err != nil {
 		return err
 	}
-	n.rn = raft.RestartNode(n.raftConfig(storage))
 	n.launch(confState, snapIndex)
 	// Replay what the WAL knows to be committed before New returns, so the
 	// service comes back with its state.
@@ -285,17 +348,18 @@ func (n *Node) restartRaft(disk *diskStorage, rec recovered) error {
 	return nil
 }
 
-// startLoops wires storage and transport; launch then starts the goroutines.
+// startLoops wires storage and the transport (n.rn must be set: rafthttp
+// may deliver a message at once); launch then starts the goroutines. On
+// error, release frees what was set up.
 func (n *Node) startLoops(disk *diskStorage, storage *raft.MemoryStorage, peers map[uint64]string) error {
 	n.disk, n.storage = disk, storage
 	n.applyc = make(chan applyBatch, 16)
 	n.snapReqc = make(chan snapshotRequest, 1)
 	tr, err := transport.NewPeerTransport(transport.PeerConfig{
-		ID: n.id, ClusterID: n.clusterID.Load(), URL: n.cfg.AdvertiseURL,
+		ID: n.id, ClusterID: n.peerClusterID(), URL: n.cfg.AdvertiseURL,
 		Raft: peerRaft{n}, Snapshotter: disk.snapshotter, Logger: n.zl,
 	})
 	if err != nil {
-		disk.close()
 		return fmt.Errorf("start peer transport: %w", err)
 	}
 	for id, u := range peers {
@@ -309,11 +373,31 @@ func (n *Node) startLoops(disk *diskStorage, storage *raft.MemoryStorage, peers 
 	return nil
 }
 
+// peerClusterID is the cluster id rafthttp sends and checks on every peer
+// request. Without a token it is the cluster id. With one it is derived
+// from both (HMAC-SHA256), so only nodes holding the token can talk raft to
+// this one: rafthttp cannot carry a header of ours, but it always carries
+// this id, and a request with another id is refused before it is read.
+func (n *Node) peerClusterID() uint64 {
+	cid := n.clusterID.Load()
+	if n.cfg.Token == "" {
+		return cid
+	}
+	mac := hmac.New(sha256.New, []byte(n.cfg.Token))
+	_ = binary.Write(mac, binary.BigEndian, cid) // a hash.Hash never fails to write
+	id := binary.BigEndian.Uint64(mac.Sum(nil)[:8])
+	if id == 0 {
+		id = 1
+	}
+	return id
+}
+
 func (n *Node) launch(confState raftpb.ConfState, snapIndex uint64) {
 	n.applied.set(snapIndex)
-	n.loops.Add(2)
+	n.loops.Add(3)
 	go n.run()
 	go n.applyLoop(confState, snapIndex)
+	go n.promoteLoop()
 }
 
 // ID returns this node's member id.
@@ -345,7 +429,13 @@ func (n *Node) stop(err error) {
 			n.log.Error("node stopping", "err", err)
 		}
 	}
-	n.stopOnce.Do(func() { close(n.stopc) })
+	n.stopOnce.Do(func() {
+		close(n.stopc)
+		// Free raft, the transport and the WAL as soon as the loops exit,
+		// not only on Close: a removed or failed node must stop talking to
+		// its peers at once.
+		go n.release()
+	})
 }
 
 // release waits for the loops and frees everything they used. It runs once.
@@ -377,7 +467,6 @@ func (n *Node) release() {
 // until ctx ends. The data directory is left as it is.
 func (n *Node) Close(ctx context.Context) error {
 	n.stop(nil)
-	go n.release()
 	select {
 	case <-n.done:
 		return nil

@@ -140,3 +140,9 @@ func (r *registry) removedIDs() []uint64 {
 	defer r.mu.RUnlock()
 	return append([]uint64(nil), r.st.Removed...)
 }
+
+func (r *registry) maxID() uint64 {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.st.MaxID
+}

@@ -55,9 +55,6 @@ func (n *Node) run() {
 				n.stop(err)
 				return
 			}
-			if !isLeader {
-				tr.Send(rd.Messages)
-			}
 			if !raft.IsEmptyHardState(rd.HardState) {
 				n.term.Store(rd.HardState.Term)
 				n.commit.Store(rd.HardState.Commit)
@@ -68,6 +65,17 @@ func (n *Node) run() {
 				case <-n.stopc:
 					return
 				}
+				// A node must not vote or campaign under a configuration
+				// it has not applied yet (etcd's waitApply): wait for
+				// committed membership changes before going on.
+				if last, ok := lastConfChange(rd.CommittedEntries); ok {
+					if err := n.applied.wait(context.Background(), last, n.stopc); err != nil {
+						return
+					}
+				}
+			}
+			if !isLeader {
+				tr.Send(rd.Messages)
 			}
 			n.rn.Advance()
 		case req := <-n.snapReqc:
@@ -87,10 +95,13 @@ func (n *Node) run() {
 	}
 }
 
-// persist writes one Ready: snapshot file and record, then entries and hard
-// state with a single fsync, then MemoryStorage.
+// persist writes one Ready in etcd server's order: snapshot file and record,
+// then entries and hard state with one fsync; for a snapshot, an explicit
+// fsync of the hard state before older WAL files may be released (etcd
+// issue 10219); then MemoryStorage.
 func (n *Node) persist(rd raft.Ready) error {
-	if !raft.IsEmptySnap(rd.Snapshot) {
+	snap := !raft.IsEmptySnap(rd.Snapshot)
+	if snap {
 		if err := n.disk.saveSnapshot(rd.Snapshot); err != nil {
 			return err
 		}
@@ -98,12 +109,28 @@ func (n *Node) persist(rd raft.Ready) error {
 	if err := n.disk.save(rd.HardState, rd.Entries); err != nil {
 		return err
 	}
-	if !raft.IsEmptySnap(rd.Snapshot) {
+	if snap {
+		if err := n.disk.sync(); err != nil {
+			return err
+		}
 		if err := n.storage.ApplySnapshot(rd.Snapshot); err != nil && !errors.Is(err, raft.ErrSnapOutOfDate) {
+			return err
+		}
+		if err := n.disk.release(rd.Snapshot.Metadata.Index); err != nil {
 			return err
 		}
 	}
 	return n.storage.Append(rd.Entries)
+}
+
+// lastConfChange returns the index of the last membership change in ents.
+func lastConfChange(ents []raftpb.Entry) (uint64, bool) {
+	for i := len(ents) - 1; i >= 0; i-- {
+		if ents[i].Type == raftpb.EntryConfChange || ents[i].Type == raftpb.EntryConfChangeV2 {
+			return ents[i].Index, true
+		}
+	}
+	return 0, false
 }
 
 // markRemoved records that this node left the cluster for good and stops it.
@@ -124,6 +151,11 @@ type peerRaft struct{ n *Node }
 // connection): 403 tells a removed member it was removed, 503 asks the
 // sender to retry.
 func (p peerRaft) Process(ctx context.Context, m raftpb.Message) error {
+	select {
+	case <-p.n.stopc:
+		return peerError{http.StatusServiceUnavailable, ErrStopped.Error()}
+	default:
+	}
 	if p.n.reg.isRemoved(m.From) {
 		return peerError{http.StatusForbidden, "the member has been permanently removed from the cluster"}
 	}

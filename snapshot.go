@@ -21,7 +21,8 @@ type snapshotRequest struct {
 // the raft loop may itself be waiting to hand us entries.
 func (a *applier) maybeSnapshot() {
 	n := a.n
-	if a.appliedIndex-a.snapIndex < n.cfg.SnapshotCount || n.Mode() != ModeCluster {
+	due := a.appliedIndex-a.snapIndex >= n.cfg.SnapshotCount || (a.snapNow && a.appliedIndex > a.snapIndex)
+	if !due || n.Mode() != ModeCluster {
 		return
 	}
 	data, err := n.svc.GetSnapshot()
@@ -37,6 +38,7 @@ func (a *applier) maybeSnapshot() {
 	select {
 	case n.snapReqc <- req:
 		a.snapIndex = a.appliedIndex
+		a.snapNow = false
 	default: // the previous one is still being written; try again later
 	}
 }
@@ -54,6 +56,11 @@ func (n *Node) saveSnapshot(req snapshotRequest) error {
 		return err
 	}
 	if err := n.disk.saveSnapshot(snap); err != nil {
+		return err
+	}
+	// The snapshot record's fsync made the hard state that committed
+	// req.index durable too (it was written in an earlier Ready).
+	if err := n.disk.release(req.index); err != nil {
 		return err
 	}
 	if req.index > n.cfg.CatchUpEntries {

@@ -23,6 +23,9 @@ import (
 type walMetadata struct {
 	NodeID    uint64 `json:"node_id"`
 	ClusterID uint64 `json:"cluster_id"`
+	// Peers is the member list a joining node was given, so that after a
+	// crash before it caught up it can still reach the cluster.
+	Peers map[uint64]string `json:"peers,omitempty"`
 }
 
 // diskStorage is the durable half of a cluster node: the WAL and the
@@ -113,8 +116,8 @@ func openDisk(lg *zap.Logger, dataDir string) (*diskStorage, recovered, error) {
 }
 
 // saveSnapshot makes a snapshot durable: the snap file first, then the WAL
-// record that points at it (so a WAL snapshot record always has its file),
-// then lets older WAL files go.
+// record that points at it (so a WAL snapshot record always has its file).
+// The WAL record is fsynced with everything written before it.
 func (d *diskStorage) saveSnapshot(s raftpb.Snapshot) error {
 	if err := d.snapshotter.SaveSnap(s); err != nil {
 		return fmt.Errorf("%w: save snapshot: %v", ErrStorage, err)
@@ -123,8 +126,21 @@ func (d *diskStorage) saveSnapshot(s raftpb.Snapshot) error {
 	if err := d.wal.SaveSnapshot(ws); err != nil {
 		return fmt.Errorf("%w: save wal snapshot record: %v", ErrStorage, err)
 	}
-	if err := d.wal.ReleaseLockTo(s.Metadata.Index); err != nil {
+	return nil
+}
+
+// release lets the purger delete WAL files wholly before index. Call it
+// only once a hard state with commit >= index is durable.
+func (d *diskStorage) release(index uint64) error {
+	if err := d.wal.ReleaseLockTo(index); err != nil {
 		return fmt.Errorf("%w: release wal: %v", ErrStorage, err)
+	}
+	return nil
+}
+
+func (d *diskStorage) sync() error {
+	if err := d.wal.Sync(); err != nil {
+		return fmt.Errorf("%w: sync wal: %v", ErrStorage, err)
 	}
 	return nil
 }

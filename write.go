@@ -65,27 +65,81 @@ func (n *Node) write(ctx context.Context, body []byte) (writeResult, error) {
 	default:
 		return writeResult{}, ErrStopped
 	}
+	var pre *preprocessed // this node's PreProcessData result, reused across retries
+	var retryUntil time.Time
 	for {
+		select {
+		case <-n.stopc:
+			return writeResult{}, ErrStopped
+		default:
+		}
 		lead, err := n.waitLeader(ctx)
 		if err != nil {
 			return writeResult{}, err
 		}
+		var res writeResult
+		retry := false
 		if lead == n.id {
-			res, err := n.proposeLocal(ctx, body)
-			if errors.Is(err, ErrNotLeader) {
-				continue // lost leadership before proposing; nothing was proposed
+			if pre == nil {
+				if pre, err = n.preprocess(body); err != nil {
+					return writeResult{}, err
+				}
 			}
+			res, err = n.propose(ctx, pre)
+			// Not proposed: leadership moved or raft refused it for now
+			// (a leader transfer is in progress).
+			retry = errors.Is(err, ErrNotLeader)
+		} else {
+			res, retry, err = n.forward(ctx, lead, body)
+		}
+		if !retry {
 			return res, err
 		}
-		res, retry, err := n.forward(ctx, lead, body)
-		if retry {
-			if err := n.waitLeaderChange(ctx, lead); err != nil {
-				return writeResult{}, err
-			}
-			continue
+		if retryUntil.IsZero() {
+			retryUntil = time.Now().Add(n.cfg.LeaderWait)
+		} else if time.Now().After(retryUntil) {
+			return writeResult{}, fmt.Errorf("%w: leader %d did not accept the write", ErrNoLeader, lead)
 		}
-		return res, err
+		if err := n.pauseForLeader(ctx, lead); err != nil {
+			return writeResult{}, err
+		}
 	}
+}
+
+// pauseForLeader waits until the leader is no longer lead, or a couple of
+// ticks (a refusing leader may just be finishing a transfer).
+func (n *Node) pauseForLeader(ctx context.Context, lead uint64) error {
+	t := time.NewTimer(2 * n.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		_, changed := n.leaderSig.watch()
+		if n.leader.Load() != lead {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-t.C:
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err())
+		case <-n.stopc:
+			return ErrStopped
+		}
+	}
+}
+
+// preprocessed is PreProcessData's answer for one request.
+type preprocessed struct {
+	object interface{}
+	data   []byte
+}
+
+func (n *Node) preprocess(body []byte) (*preprocessed, error) {
+	obj, data, err := n.svc.PreProcessData(body)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
+	}
+	return &preprocessed{object: obj, data: data}, nil
 }
 
 // writeStandalone applies a write directly when the node is standalone. done
@@ -108,19 +162,29 @@ func (n *Node) writeStandalone(body []byte) (res writeResult, done bool, err err
 	return writeResult{object: obj}, true, nil
 }
 
-// proposeLocal runs a write on the leader: PreProcessData once, propose an
-// envelope with a fresh request id, and wait until this node has applied it.
+// proposeLocal runs a forwarded write on the leader: PreProcessData, then
+// propose. It never retries: a refusal goes back to the forwarding node.
 func (n *Node) proposeLocal(ctx context.Context, body []byte) (writeResult, error) {
 	if raft.StateType(n.raftState.Load()) != raft.StateLeader {
 		return writeResult{}, ErrNotLeader
 	}
-	obj, data, err := n.svc.PreProcessData(body)
+	pre, err := n.preprocess(body)
 	if err != nil {
-		return writeResult{}, fmt.Errorf("%w: %v", ErrBadRequest, err)
+		return writeResult{}, err
 	}
+	return n.propose(ctx, pre)
+}
+
+// propose proposes an envelope with a fresh request id and waits until this
+// node has applied it. ErrNotLeader means nothing was proposed.
+func (n *Node) propose(ctx context.Context, pre *preprocessed) (writeResult, error) {
+	if raft.StateType(n.raftState.Load()) != raft.StateLeader {
+		return writeResult{}, ErrNotLeader
+	}
+	obj := pre.object
 	reqID := n.reqSeq.Add(1)
 	wait := n.waits.register(reqID)
-	env := entryEnvelope{Kind: kindPropose, ReqID: reqID, Origin: n.id, Payload: data}
+	env := entryEnvelope{Kind: kindPropose, ReqID: reqID, Origin: n.id, Payload: pre.data}
 	if err := n.rn.Propose(ctx, env.marshal()); err != nil {
 		n.waits.cancel(reqID)
 		if errors.Is(err, raft.ErrProposalDropped) {
@@ -168,7 +232,12 @@ func (n *Node) forward(ctx context.Context, lead uint64, body []byte) (res write
 		return res, true, nil
 	}
 	res = writeResult{forwarded: resp, index: resp.Index}
-	if resp.Status/100 == 2 && resp.Index > 0 {
+	if resp.Status/100 != 2 {
+		// The leader's refusal (or unknown outcome), kept for the HTTP
+		// route to pass on unchanged.
+		return res, false, decodeAnswer(resp, nil)
+	}
+	if resp.Index > 0 {
 		if err := n.applied.wait(ctx, resp.Index, n.stopc); err != nil {
 			return writeResult{}, false, fmt.Errorf("%w: committed at index %d but not yet applied here: %w",
 				ErrUnknownOutcome, resp.Index, err)

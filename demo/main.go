@@ -19,6 +19,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -67,17 +68,29 @@ func run(args []string) error {
 			*advertise = u
 		}
 	}
-	if *join != "" {
-		return errors.New("-join is not supported yet: bootstrap with -peers, or -cluster for one node")
-	}
-
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	store := kvstore.New()
+	// Standalone writes are made durable by the store itself; the file is
+	// loaded first and written only while the node is standalone.
+	if err := os.MkdirAll(*dataDir, 0o750); err != nil {
+		return err
+	}
+	var nodeRef atomic.Pointer[embedraft.Node]
+	standalone := func() bool { n := nodeRef.Load(); return n != nil && n.Mode() == embedraft.ModeStandalone }
+	if err := store.OpenStandaloneLog(filepath.Join(*dataDir, "standalone.log"), standalone); err != nil {
+		return err
+	}
+	defer store.CloseStandaloneLog()
+	if _, err := os.Stat(filepath.Join(*dataDir, "wal")); *join != "" && os.IsNotExist(err) && store.Len() > 0 {
+		return fmt.Errorf("%s holds %d keys written in standalone mode; joining another cluster would discard them "+
+			"(join this node's cluster the other way round, or use a new -data)", *dataDir, store.Len())
+	}
 	node, err := embedraft.New(embedraft.Config{
 		ID:            *id,
 		AdvertiseURL:  strings.TrimSuffix(*advertise, "/"),
 		DataDir:       *dataDir,
 		Peers:         peerMap,
+		Join:          *join,
 		Cluster:       *cluster,
 		Token:         *token,
 		SnapshotCount: *snapCount,
@@ -86,6 +99,7 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	nodeRef.Store(node)
 	store.SetReader(node)
 
 	mux := http.NewServeMux()

@@ -27,8 +27,13 @@ const (
 	HeaderFrom = "X-Embedraft-From"
 )
 
-// ProposePath is the leader route a follower forwards client writes to.
-const ProposePath = "/raft/node/propose"
+// Node-to-node routes.
+const (
+	// ProposePath is the leader route a follower forwards client writes to.
+	ProposePath = "/raft/node/propose"
+	// JoinPath is where a new node asks for membership.
+	JoinPath = "/raft/node/join"
+)
 
 // maxResponseBytes bounds a leader's answer read by the forwarder.
 const maxResponseBytes = 16 << 20
@@ -72,12 +77,21 @@ type Response struct {
 // Propose posts body to leaderURL's propose route. An error means no answer
 // was received; it wraps ErrNotSent when the leader was never reached.
 func (f *Forwarder) Propose(ctx context.Context, leaderURL string, clusterID uint64, body []byte) (*Response, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, leaderURL+ProposePath, bytes.NewReader(body))
+	return f.Post(ctx, leaderURL+ProposePath, clusterID, body)
+}
+
+// Post sends body to url as this node (its id, cluster id and token), for
+// the node-to-node routes. A zero clusterID is not sent (a node that has not
+// joined yet has none).
+func (f *Forwarder) Post(ctx context.Context, url string, clusterID uint64, body []byte) (*Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNotSent, err)
 	}
-	req.Header.Set("Content-Type", "application/octet-stream")
-	req.Header.Set(HeaderClusterID, strconv.FormatUint(clusterID, 16))
+	req.Header.Set("Content-Type", "application/json")
+	if clusterID != 0 {
+		req.Header.Set(HeaderClusterID, strconv.FormatUint(clusterID, 16))
+	}
 	req.Header.Set(HeaderFrom, strconv.FormatUint(f.from, 10))
 	if f.token != "" {
 		req.Header.Set("Authorization", "Bearer "+f.token)

@@ -38,7 +38,9 @@ type Store struct {
 
 	sender     embedraft.IRaftSender
 	reader     Reader
+	slog       *standaloneLog // nil unless OpenStandaloneLog
 	preprocess atomic.Int64
+	commits    atomic.Int64
 	resets     atomic.Int64
 }
 
@@ -82,16 +84,50 @@ func (s *Store) PreProcessData(body []byte) (interface{}, []byte, error) {
 // PreProcessCount is how many times PreProcessData ran on this node.
 func (s *Store) PreProcessCount() int64 { return s.preprocess.Load() }
 
-// Commit applies one write.
+// Commit applies one write. In standalone mode with a standalone log open,
+// the write is made durable first.
 func (s *Store) Commit(data []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.slog != nil && s.slog.active() {
+		if _, err := decodeOp(data); err != nil {
+			return err
+		}
+		if err := s.slog.append(data); err != nil {
+			return err
+		}
+	}
+	if err := s.applyLocked(data); err != nil {
+		return err
+	}
+	s.commits.Add(1)
+	return nil
+}
+
+// CommitCount is how many writes Commit applied on this node.
+func (s *Store) CommitCount() int64 { return s.commits.Load() }
+
+func (s *Store) apply(data []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.applyLocked(data)
+}
+
+func (s *Store) applyLocked(data []byte) error {
+	op, err := decodeOp(data)
+	if err != nil {
+		return err
+	}
+	s.data[op.Key] = op.Value
+	return nil
+}
+
+func decodeOp(data []byte) (Op, error) {
 	var op Op
 	if err := json.Unmarshal(data, &op); err != nil {
-		return fmt.Errorf("decode entry: %w", err)
+		return op, fmt.Errorf("decode entry: %w", err)
 	}
-	s.mu.Lock()
-	s.data[op.Key] = op.Value
-	s.mu.Unlock()
-	return nil
+	return op, nil
 }
 
 // GetInit returns the whole map.

@@ -36,9 +36,10 @@ type Member struct {
 	done chan struct{}
 }
 
-// Cluster is a set of members started from one static member list.
+// Cluster is a set of members.
 type Cluster struct {
 	T       testing.TB
+	mu      sync.Mutex // guards Members while members join concurrently
 	Members []*Member
 	Client  *http.Client
 	logs    *logSink
@@ -99,7 +100,7 @@ func newCluster(t testing.TB) *Cluster {
 	// Registered first, so it runs last: logs stop after every node closed.
 	t.Cleanup(c.logs.close)
 	t.Cleanup(func() {
-		for _, m := range c.Members {
+		for _, m := range c.Running() {
 			m.Stop()
 		}
 		c.Client.CloseIdleConnections()
@@ -120,6 +121,9 @@ func (c *Cluster) configure(cfg embedraft.Config, id uint64, opts []Option) embe
 
 func (m *Member) start(ln net.Listener) error {
 	m.Store = kvstore.New()
+	if m.ID == 0 {
+		m.cfg.Logger = m.cfg.Logger.With("addr", m.addr)
+	}
 	node, err := embedraft.New(m.cfg, m.Store)
 	if err != nil {
 		ln.Close()
@@ -172,8 +176,53 @@ func (m *Member) Restart() {
 	}
 }
 
+// Join starts a new member that joins the cluster through target (any
+// member, or a standalone node). It returns once the node has been given
+// its membership; the member's ID is the one the leader assigned.
+func (c *Cluster) Join(target *Member, opts ...Option) *Member {
+	c.T.Helper()
+	m, err := c.TryJoin(target.URL, opts...)
+	if err != nil {
+		c.T.Fatalf("join via member %d: %v", target.ID, err)
+	}
+	return m
+}
+
+// TryJoin is Join through any URL, returning the error instead of failing.
+func (c *Cluster) TryJoin(targetURL string, opts ...Option) (*Member, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	url := "http://" + ln.Addr().String()
+	m := &Member{URL: url, Dir: c.T.TempDir(), c: c, addr: ln.Addr().String()}
+	m.cfg = c.configure(embedraft.Config{AdvertiseURL: url, DataDir: m.Dir, Join: targetURL}, 0, opts)
+	if err := m.start(ln); err != nil {
+		return nil, err
+	}
+	m.ID = m.Node.ID()
+	c.mu.Lock()
+	c.Members = append(c.Members, m)
+	c.mu.Unlock()
+	return m, nil
+}
+
+// Member returns the member with id, or nil.
+func (c *Cluster) Member(id uint64) *Member {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range c.Members {
+		if m.ID == id {
+			return m
+		}
+	}
+	return nil
+}
+
 // Running returns the started members.
 func (c *Cluster) Running() []*Member {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	var out []*Member
 	for _, m := range c.Members {
 		if m.Running() {

@@ -1,0 +1,507 @@
+package embedraft
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/raft/v3"
+	"go.etcd.io/etcd/raft/v3/raftpb"
+	"go.etcd.io/etcd/raft/v3/tracker"
+
+	"github.com/embedraft/embedraft/transport"
+)
+
+// Admin routes that a follower forwards to the leader.
+const (
+	addNodePath    = "/raft/api/addNode"
+	deleteNodePath = "/raft/api/deleteNode"
+)
+
+// JoinRequest asks for membership (POST /raft/node/join and
+// POST /raft/api/addNode).
+type JoinRequest struct {
+	// Addr is the new member's URL (its AdvertiseURL). Required.
+	Addr string `json:"addr"`
+	// ID, when set, is the id the member wants: one POST /raft/api/addNode
+	// returned for this address, or a never-used id. Zero lets the leader
+	// assign the next never-used id.
+	ID uint64 `json:"id,omitempty"`
+	// ClusterID, when set, must be the cluster's id (hex).
+	ClusterID string `json:"cluster_id,omitempty"`
+}
+
+// JoinResponse tells a new member who it is and who its peers are.
+type JoinResponse struct {
+	ID        uint64              `json:"id"`
+	ClusterID string              `json:"cluster_id"`
+	Peers     map[string]NodeInfo `json:"peers"`
+}
+
+// RemoveRequest is the body of POST /raft/api/deleteNode.
+type RemoveRequest struct {
+	ID uint64 `json:"id"`
+}
+
+// AddMember adds the node at req.Addr to the cluster as a learner (it is
+// promoted to voter by the leader once it has caught up) and returns its id,
+// the cluster id and the peers. The call is idempotent: an address that is
+// already a member gets its existing id. On a standalone node it first
+// switches the node to a one-member cluster. On a follower it is forwarded
+// to the leader. At most one membership change is in flight: a second one
+// fails with ErrChangeInFlight.
+func (n *Node) AddMember(ctx context.Context, req JoinRequest) (JoinResponse, error) {
+	var resp JoinResponse
+	req.Addr = strings.TrimSuffix(req.Addr, "/")
+	if err := checkURL(req.Addr); err != nil {
+		return resp, fmt.Errorf("%w: addr: %v", ErrBadRequest, err)
+	}
+	if n.Mode() == ModeStandalone {
+		if req.ClusterID != "" {
+			return resp, fmt.Errorf("%w: this node is standalone, not in cluster %s", ErrWrongCluster, req.ClusterID)
+		}
+		if req.Addr == n.cfg.AdvertiseURL {
+			return resp, fmt.Errorf("%w: %s is this node's own address", ErrConflict, req.Addr)
+		}
+		if err := n.switchToCluster(ctx); err != nil {
+			return resp, err
+		}
+	}
+	body, _ := json.Marshal(req) // plain struct
+	err := n.leaderCall(ctx, addNodePath, body, &resp, func() error {
+		var err error
+		resp, err = n.addMemberLocal(ctx, req)
+		return err
+	})
+	return resp, err
+}
+
+// RemoveMember removes member id from the cluster. Removing the leader makes
+// it hand leadership to another voter first. The removed node stops and
+// never comes back under that id. Unknown ids fail with ErrNotFound.
+func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
+	if n.Mode() == ModeStandalone {
+		if id == n.id {
+			return fmt.Errorf("%w: cannot remove the only node", ErrConflict)
+		}
+		return fmt.Errorf("%w: no member %d", ErrNotFound, id)
+	}
+	body, _ := json.Marshal(RemoveRequest{ID: id})
+	return n.leaderCall(ctx, deleteNodePath, body, nil, func() error { return n.removeMemberLocal(ctx, id) })
+}
+
+// leaderCall runs local on the leader, or forwards body to the leader's path
+// and decodes the answer's data into out.
+func (n *Node) leaderCall(ctx context.Context, path string, body []byte, out interface{}, local func() error) error {
+	for {
+		switch n.Mode() {
+		case ModeRemoved:
+			return ErrRemoved
+		case ModeStandalone:
+			return ErrNotCluster
+		}
+		lead, err := n.waitLeader(ctx)
+		if err != nil {
+			return err
+		}
+		if lead == n.id {
+			err := local()
+			if errors.Is(err, ErrNotLeader) && ctx.Err() == nil {
+				continue
+			}
+			return err
+		}
+		m, ok := n.reg.member(lead)
+		if !ok || m.Addr == "" {
+			if err := n.waitLeaderChange(ctx, lead); err != nil {
+				return err
+			}
+			continue
+		}
+		resp, err := n.fwd.Post(ctx, m.Addr+path, n.clusterID.Load(), body)
+		if errors.Is(err, transport.ErrNotSent) {
+			if err := n.waitLeaderChange(ctx, lead); err != nil {
+				return err
+			}
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("%w: forward to leader %d: %v", ErrUnknownOutcome, lead, err)
+		}
+		rerr := decodeAnswer(resp, out)
+		if errors.Is(rerr, ErrNotLeader) {
+			if err := n.waitLeaderChange(ctx, lead); err != nil {
+				return err
+			}
+			continue
+		}
+		return rerr
+	}
+}
+
+// remoteError is an error answered by another node, carrying its status.
+type remoteError struct {
+	status int
+	code   string
+	msg    string
+}
+
+func (e *remoteError) Error() string { return e.msg }
+
+// Unwrap maps the remote code back to the sentinel it came from.
+func (e *remoteError) Unwrap() error {
+	for _, c := range errorCodes {
+		if c.code == e.code {
+			return c.err
+		}
+	}
+	return nil
+}
+
+// decodeAnswer decodes a node's envelope answer into out, or its error.
+func decodeAnswer(resp *transport.Response, out interface{}) error {
+	var env struct {
+		Code  string          `json:"code"`
+		Data  json.RawMessage `json:"data"`
+		Error string          `json:"error"`
+	}
+	if err := json.Unmarshal(resp.Body, &env); err != nil {
+		return fmt.Errorf("%w: peer answered %d with a body that is not JSON", ErrUnknownOutcome, resp.Status)
+	}
+	if resp.Status/100 != 2 || env.Code != codeOK {
+		return &remoteError{status: resp.Status, code: env.Code, msg: env.Error}
+	}
+	if out != nil && len(env.Data) > 0 {
+		if err := json.Unmarshal(env.Data, out); err != nil {
+			return fmt.Errorf("decode peer answer: %w", err)
+		}
+	}
+	return nil
+}
+
+// addMemberLocal runs AddMember on the leader.
+func (n *Node) addMemberLocal(ctx context.Context, req JoinRequest) (JoinResponse, error) {
+	if req.ClusterID != "" && req.ClusterID != strconv.FormatUint(n.clusterID.Load(), 16) {
+		return JoinResponse{}, fmt.Errorf("%w: cluster %s, this is cluster %x", ErrWrongCluster, req.ClusterID, n.clusterID.Load())
+	}
+	if !n.confBusy.CompareAndSwap(false, true) {
+		return JoinResponse{}, ErrChangeInFlight
+	}
+	defer n.confBusy.Store(false)
+	for _, m := range n.reg.members() {
+		if m.Addr != req.Addr {
+			continue
+		}
+		if req.ID == 0 || req.ID == m.ID {
+			return n.joinResponse(m.ID), nil // already a member: joining is idempotent
+		}
+		return JoinResponse{}, fmt.Errorf("%w: %s is already member %d", ErrConflict, req.Addr, m.ID)
+	}
+	id := req.ID
+	if id == 0 {
+		id = n.reg.maxID() + 1
+	} else if m, ok := n.reg.member(id); ok {
+		return JoinResponse{}, fmt.Errorf("%w: id %d is in use by %s", ErrConflict, id, m.Addr)
+	} else if n.reg.isRemoved(id) {
+		return JoinResponse{}, fmt.Errorf("%w: id %d was removed; ids are never reused", ErrConflict, id)
+	} else if id <= n.reg.maxID() {
+		return JoinResponse{}, fmt.Errorf("%w: id %d was already used; ids are never reused", ErrConflict, id)
+	}
+	cc := raftpb.ConfChange{Type: raftpb.ConfChangeAddLearnerNode, NodeID: id}
+	if err := n.proposeConfChange(ctx, cc, req.Addr); err != nil {
+		return JoinResponse{}, err
+	}
+	n.log.Info("added learner", "id", id, "addr", req.Addr)
+	return n.joinResponse(id), nil
+}
+
+// removeMemberLocal runs RemoveMember on the leader.
+func (n *Node) removeMemberLocal(ctx context.Context, id uint64) error {
+	if _, ok := n.reg.member(id); !ok {
+		if n.reg.isRemoved(id) {
+			return fmt.Errorf("%w: member %d was already removed", ErrNotFound, id)
+		}
+		return fmt.Errorf("%w: no member %d", ErrNotFound, id)
+	}
+	if id == n.id {
+		return n.stepDownFor(ctx)
+	}
+	if !n.confBusy.CompareAndSwap(false, true) {
+		return ErrChangeInFlight
+	}
+	defer n.confBusy.Store(false)
+	m, ok := n.reg.member(id)
+	if !ok {
+		return fmt.Errorf("%w: no member %d", ErrNotFound, id)
+	}
+	cc := raftpb.ConfChange{Type: raftpb.ConfChangeRemoveNode, NodeID: id}
+	if err := n.proposeConfChange(ctx, cc, m.Addr); err != nil {
+		return err
+	}
+	n.log.Info("removed member", "id", id, "addr", m.Addr)
+	return nil
+}
+
+// stepDownFor hands leadership to the most up-to-date other voter so that
+// it can remove this node, then reports ErrNotLeader so the caller forwards
+// the removal to the new leader.
+func (n *Node) stepDownFor(ctx context.Context) error {
+	st := n.rn.Status()
+	var to, best uint64
+	for id, pr := range st.Progress {
+		if id != n.id && !pr.IsLearner && (to == 0 || pr.Match > best) {
+			to, best = id, pr.Match
+		}
+	}
+	if to == 0 {
+		return fmt.Errorf("%w: cannot remove the only voter", ErrConflict)
+	}
+	n.log.Info("transferring leadership before removing this node", "to", to)
+	n.rn.TransferLeadership(ctx, n.id, to)
+	if _, err := n.waitLeaderWhere(ctx, func(lead uint64) bool { return lead != 0 && lead != n.id }); err != nil {
+		return fmt.Errorf("%w: leadership transfer before removal: %v", ErrNoLeader, err)
+	}
+	return ErrNotLeader
+}
+
+// proposeConfChange proposes a membership change with this node's context
+// and waits until it is applied here. The caller holds confBusy.
+func (n *Node) proposeConfChange(ctx context.Context, cc raftpb.ConfChange, addr string) error {
+	if err := n.waitConfReady(ctx); err != nil {
+		return err
+	}
+	reqID := n.reqSeq.Add(1)
+	cc.Context = confContext{ID: cc.NodeID, Addr: addr, Req: reqID, Origin: n.id}.marshal()
+	wait := n.waits.register(reqID)
+	if err := n.rn.ProposeConfChange(ctx, cc); err != nil {
+		n.waits.cancel(reqID)
+		if errors.Is(err, raft.ErrProposalDropped) {
+			return ErrNotLeader
+		}
+		return fmt.Errorf("%w: propose membership change: %w", ErrUnknownOutcome, err)
+	}
+	select {
+	case <-wait:
+		return nil
+	case <-ctx.Done():
+		n.waits.cancel(reqID)
+		return fmt.Errorf("%w: membership change: %w", ErrUnknownOutcome, ctx.Err())
+	case <-n.stopc:
+		n.waits.cancel(reqID)
+		return fmt.Errorf("%w: %w", ErrUnknownOutcome, ErrStopped)
+	}
+}
+
+// waitConfReady waits until raft will accept a conf change from this
+// leader: every entry up to the commit index applied and an entry of the
+// current term committed. Raft silently turns a conf change proposed before
+// that into an empty entry.
+func (n *Node) waitConfReady(ctx context.Context) error {
+	t := time.NewTicker(n.cfg.TickInterval / 2)
+	defer t.Stop()
+	for {
+		st := n.rn.Status()
+		if st.RaftState != raft.StateLeader {
+			return ErrNotLeader
+		}
+		if term, err := n.storage.Term(st.Commit); err == nil && term == st.Term && st.Applied >= st.Commit {
+			return nil
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return fmt.Errorf("%w: leader not ready for a membership change: %w", ErrNoLeader, ctx.Err())
+		case <-n.stopc:
+			return ErrStopped
+		}
+	}
+}
+
+func (n *Node) joinResponse(id uint64) JoinResponse {
+	return JoinResponse{ID: id, ClusterID: strconv.FormatUint(n.clusterID.Load(), 16), Peers: n.Peers().Peers}
+}
+
+// promoteLoop is the leader's learner promoter: a learner that is
+// replicating, recently active and whose match index has reached 90% of the
+// leader's (etcd's rule) is promoted to voter, one change at a time. It
+// exits when stopc is closed.
+func (n *Node) promoteLoop() {
+	defer n.loops.Done()
+	t := time.NewTicker(5 * n.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stopc:
+			return
+		case <-t.C:
+			n.promoteCaughtUpLearner()
+		}
+	}
+}
+
+func (n *Node) promoteCaughtUpLearner() {
+	if raft.StateType(n.raftState.Load()) != raft.StateLeader {
+		return
+	}
+	st := n.rn.Status()
+	self, ok := st.Progress[n.id]
+	if !ok {
+		return
+	}
+	for id, pr := range st.Progress {
+		if !pr.IsLearner || !pr.RecentActive || pr.State != tracker.StateReplicate || pr.Match*10 < self.Match*9 {
+			continue
+		}
+		m, ok := n.reg.member(id)
+		if !ok || !n.confBusy.CompareAndSwap(false, true) {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ForwardTimeout)
+		err := n.proposeConfChange(ctx, raftpb.ConfChange{Type: raftpb.ConfChangeAddNode, NodeID: id}, m.Addr)
+		cancel()
+		n.confBusy.Store(false)
+		if err != nil {
+			n.log.Warn("promote learner", "id", id, "err", err)
+		} else {
+			n.log.Info("promoted learner to voter", "id", id, "match", pr.Match, "leader_match", self.Match)
+		}
+		return
+	}
+}
+
+// switchToCluster turns a standalone node into a one-member cluster: with
+// writes held, it takes the service's state (GetInit), creates the WAL,
+// starts raft with a new random cluster id, and commits an init entry
+// carrying that state; writes that waited then go through raft.
+func (n *Node) switchToCluster(ctx context.Context) error {
+	n.switchMu.Lock()
+	defer n.switchMu.Unlock()
+	if n.Mode() != ModeStandalone {
+		return nil
+	}
+	start := time.Now()
+	n.gate.Lock()
+	defer n.gate.Unlock()
+	data, err := n.svc.GetInit()
+	if err != nil {
+		return fmt.Errorf("switch to cluster: service init: %w", err)
+	}
+	if err := n.bootstrapRaft(map[uint64]string{n.id: n.cfg.AdvertiseURL}, randomClusterID()); err != nil {
+		// The WAL or the transport could not be set up: the node cannot be
+		// trusted in either mode.
+		err = fmt.Errorf("switch to cluster: %w", err)
+		n.stop(err)
+		return err
+	}
+	_ = n.rn.Campaign(ctx) // the only voter: no need to wait for an election timeout
+	if _, err := n.waitLeaderWhere(ctx, func(lead uint64) bool { return lead == n.id }); err != nil {
+		return fmt.Errorf("switch to cluster: %w", err)
+	}
+	reqID := n.reqSeq.Add(1)
+	wait := n.waits.register(reqID)
+	env := entryEnvelope{Kind: kindInit, ReqID: reqID, Origin: n.id, Payload: data}
+	if err := n.rn.Propose(ctx, env.marshal()); err != nil {
+		n.waits.cancel(reqID)
+		return fmt.Errorf("switch to cluster: propose init entry: %w", err)
+	}
+	select {
+	case <-wait:
+	case <-ctx.Done():
+		n.waits.cancel(reqID)
+		return fmt.Errorf("switch to cluster: init entry: %w", ctx.Err())
+	case <-n.stopc:
+		return ErrStopped
+	}
+	n.log.Info("switched from standalone to cluster", "init_bytes", len(data), "took", time.Since(start))
+	return nil
+}
+
+// requestJoin asks cfg.Join for membership, retrying while the answer may
+// change (no leader yet, another change in flight, unreachable).
+func (n *Node) requestJoin(ctx context.Context) (*JoinResponse, error) {
+	body, _ := json.Marshal(JoinRequest{Addr: n.cfg.AdvertiseURL, ID: n.cfg.ID})
+	fwd := transport.NewForwarder(0, n.cfg.Token, n.cfg.ForwardTimeout)
+	defer fwd.Close()
+	backoff := 100 * time.Millisecond
+	for {
+		resp, err := fwd.Post(ctx, n.cfg.Join+transport.JoinPath, 0, body)
+		var jr JoinResponse
+		if err == nil {
+			err = decodeAnswer(resp, &jr)
+			if err == nil {
+				if jr.ID == 0 || (n.cfg.ID != 0 && jr.ID != n.cfg.ID) {
+					return nil, fmt.Errorf("join %s: answered id %d", n.cfg.Join, jr.ID)
+				}
+				cid, perr := strconv.ParseUint(jr.ClusterID, 16, 64)
+				if perr != nil || cid == 0 {
+					return nil, fmt.Errorf("join %s: answered cluster id %q", n.cfg.Join, jr.ClusterID)
+				}
+				n.id = jr.ID
+				n.clusterID.Store(cid)
+				return &jr, nil
+			}
+			if s := StatusOf(err); s/100 == 4 && !errors.Is(err, ErrChangeInFlight) {
+				return nil, fmt.Errorf("join %s: %w", n.cfg.Join, err)
+			}
+		}
+		n.log.Info("join not answered yet; retrying", "target", n.cfg.Join, "err", err)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: join %s: %v (last error: %v)", ErrNoLeader, n.cfg.Join, ctx.Err(), err)
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+// startJoined creates the WAL of a node that was just given membership and
+// starts raft empty: the leader sends it the log or a snapshot.
+func (n *Node) startJoined(jr *JoinResponse) error {
+	peers := map[uint64]string{}
+	for _, m := range jr.Peers {
+		peers[m.ID] = m.Addr
+	}
+	disk, err := createDisk(n.zl, n.cfg.DataDir, walMetadata{NodeID: n.id, ClusterID: n.clusterID.Load(), Peers: peers})
+	if err != nil {
+		return err
+	}
+	storage := raft.NewMemoryStorage()
+	n.rn = raft.RestartNode(n.raftConfig(storage))
+	if err := n.startLoops(disk, storage, peers); err != nil {
+		return err
+	}
+	n.launch(raftpb.ConfState{}, 0)
+	n.log.Info("joined cluster", "via", n.cfg.Join, "peers", len(peers))
+	return nil
+}
+
+// fetchStatus reads another node's status route.
+func fetchStatus(ctx context.Context, base, token string) (Status, error) {
+	var st Status
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/raft/api/status", nil)
+	if err != nil {
+		return st, err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	var env struct {
+		Data Status `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&env); err != nil {
+		return st, err
+	}
+	return env.Data, nil
+}
