@@ -74,7 +74,8 @@ type Config struct {
 
 	// CatchUpEntries is how many entries before a snapshot are kept in memory
 	// after compaction, so a slightly lagging follower catches up from the
-	// log instead of a snapshot. Default DefaultCatchUpEntries (5000).
+	// log instead of a snapshot. Default: half of SnapshotCount, at most
+	// DefaultCatchUpEntries (5000).
 	CatchUpEntries uint64
 
 	// TickInterval is raft's logical clock. Default 100ms.
@@ -94,6 +95,12 @@ type Config struct {
 	// ForwardTimeout bounds one forwarded request to the leader. Default 10s.
 	ForwardTimeout time.Duration
 
+	// DialOverride maps a member's advertised URL to the URL this node
+	// dials to reach it, for every peer connection (rafthttp, forwarding,
+	// joining). It exists for fault-injection tests, which route each pair
+	// of nodes through a proxy; production deployments leave it empty.
+	DialOverride map[string]string
+
 	// Logger receives the node's logs. Default: discard.
 	Logger *slog.Logger
 }
@@ -104,7 +111,7 @@ func (c Config) withDefaults() Config {
 		c.SnapshotCount = DefaultSnapshotCount
 	}
 	if c.CatchUpEntries == 0 {
-		c.CatchUpEntries = DefaultCatchUpEntries
+		c.CatchUpEntries = min(DefaultCatchUpEntries, max(1, c.SnapshotCount/2))
 	}
 	if c.TickInterval == 0 {
 		c.TickInterval = DefaultTickInterval

@@ -3,6 +3,7 @@ module github.com/embedraft/embedraft
 go 1.26.0
 
 require (
+	github.com/anishathalye/porcupine v1.3.1
 	github.com/go-chi/chi/v5 v5.2.3
 	github.com/prometheus/client_golang v1.11.1
 	go.etcd.io/etcd/client/pkg/v3 v3.5.35

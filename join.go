@@ -123,7 +123,7 @@ func (n *Node) leaderCall(ctx context.Context, path string, body []byte, out int
 			}
 			continue
 		}
-		resp, err := n.fwd.Post(ctx, m.Addr+path, n.clusterID.Load(), body)
+		resp, err := n.fwd.Post(ctx, n.dialURL(m.Addr)+path, n.clusterID.Load(), body)
 		if errors.Is(err, transport.ErrNotSent) {
 			if err := n.waitLeaderChange(ctx, lead); err != nil {
 				return err
@@ -429,7 +429,7 @@ func (n *Node) requestJoin(ctx context.Context) (*JoinResponse, error) {
 	defer fwd.Close()
 	backoff := 100 * time.Millisecond
 	for {
-		resp, err := fwd.Post(ctx, n.cfg.Join+transport.JoinPath, 0, body)
+		resp, err := fwd.Post(ctx, n.dialURL(n.cfg.Join)+transport.JoinPath, 0, body)
 		var jr JoinResponse
 		if err == nil {
 			err = decodeAnswer(resp, &jr)

@@ -364,13 +364,22 @@ func (n *Node) startLoops(disk *diskStorage, storage *raft.MemoryStorage, peers 
 	}
 	for id, u := range peers {
 		if id != n.id && u != "" {
-			tr.AddPeer(typesID(id), []string{u})
+			tr.AddPeer(typesID(id), []string{n.dialURL(u)})
 		}
 	}
 	n.peerTr.Store(tr)
 	n.purgeDone = disk.startPurge(n.stopc, DefaultMaxSnapFiles, DefaultMaxWALFiles)
 	n.mode.Store(ModeCluster)
 	return nil
+}
+
+// dialURL is the URL this node dials to reach the member advertised at addr:
+// addr itself, unless Config.DialOverride (a test hook) says otherwise.
+func (n *Node) dialURL(addr string) string {
+	if u, ok := n.cfg.DialOverride[addr]; ok {
+		return u
+	}
+	return addr
 }
 
 // peerClusterID is the cluster id rafthttp sends and checks on every peer

@@ -217,7 +217,7 @@ func (n *Node) forward(ctx context.Context, lead uint64, body []byte) (res write
 	if !ok || m.Addr == "" {
 		return res, true, nil
 	}
-	resp, err := n.fwd.Propose(ctx, m.Addr, n.clusterID.Load(), body)
+	resp, err := n.fwd.Propose(ctx, n.dialURL(m.Addr), n.clusterID.Load(), body)
 	if err != nil {
 		if errors.Is(err, transport.ErrNotSent) {
 			n.log.Debug("leader unreachable", "leader", lead, "err", err)

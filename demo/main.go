@@ -85,6 +85,10 @@ func run(args []string) error {
 		return fmt.Errorf("%s holds %d keys written in standalone mode; joining another cluster would discard them "+
 			"(join this node's cluster the other way round, or use a new -data)", *dataDir, store.Len())
 	}
+	dial, err := parseDialOverride(os.Getenv("EMBEDRAFT_TEST_DIAL"))
+	if err != nil {
+		return err
+	}
 	node, err := embedraft.New(embedraft.Config{
 		ID:            *id,
 		AdvertiseURL:  strings.TrimSuffix(*advertise, "/"),
@@ -94,6 +98,7 @@ func run(args []string) error {
 		Cluster:       *cluster,
 		Token:         *token,
 		SnapshotCount: *snapCount,
+		DialOverride:  dial,
 		Logger:        logger,
 	}, store)
 	if err != nil {
@@ -137,4 +142,22 @@ func run(args []string) error {
 		err = nil
 	}
 	return err
+}
+
+// parseDialOverride reads the test-only EMBEDRAFT_TEST_DIAL setting,
+// "advertisedURL=dialURL,advertisedURL=dialURL": fault-injection tests route
+// every pair of nodes through a proxy this way.
+func parseDialOverride(s string) (map[string]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	m := map[string]string{}
+	for _, pair := range strings.Split(s, ",") {
+		from, to, ok := strings.Cut(pair, "=")
+		if !ok || from == "" || to == "" {
+			return nil, fmt.Errorf("EMBEDRAFT_TEST_DIAL: %q is not advertisedURL=dialURL", pair)
+		}
+		m[strings.TrimSuffix(from, "/")] = strings.TrimSuffix(to, "/")
+	}
+	return m, nil
 }

@@ -1,0 +1,262 @@
+package chaos
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+)
+
+// KVInput is one operation on one key.
+type KVInput struct {
+	Put   bool
+	Key   string
+	Value string
+}
+
+// KVOutput is what the operation observed.
+type KVOutput struct {
+	Value   string // for reads; "" means absent
+	Unknown bool   // a write whose outcome is indeterminate
+}
+
+// Workload drives concurrent clients, each with one request in flight,
+// writing unique values (client-seq) to a handful of hot keys, reading them
+// back linearizably, and writing never-overwritten unique keys (to count
+// lost acknowledged writes).
+type Workload struct {
+	Clients  int
+	HotKeys  int
+	Targets  func() []*Node // nodes a client may talk to
+	Start    time.Time      // the history's time origin
+	Timeout  time.Duration  // per request (default 3s)
+	ReadFrac float64        // share of hot-key reads (default 0.4)
+
+	mu       sync.Mutex
+	ops      []porcupine.Operation
+	acked    []string // unique keys acknowledged
+	stats    Stats
+	client   *http.Client
+	acks     []ackTime
+}
+
+// ackTime is when an acknowledged write was called and answered.
+type ackTime struct{ call, ret time.Time }
+
+// Stats counts what a run did.
+type Stats struct {
+	Attempted     int
+	Acknowledged  int // writes answered 2xx
+	Indeterminate int // writes that timed out, failed to connect or got 5xx
+	Rejected      int // writes answered 4xx
+	Reads         int // reads that returned a value or 404
+	FailedReads   int
+}
+
+func (w *Workload) now() int64 { return time.Since(w.Start).Nanoseconds() }
+
+// Run runs the clients until ctx ends.
+func (w *Workload) Run(ctx context.Context) {
+	if w.Timeout == 0 {
+		w.Timeout = 3 * time.Second
+	}
+	if w.ReadFrac == 0 {
+		w.ReadFrac = 0.4
+	}
+	w.client = &http.Client{Timeout: w.Timeout, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	var wg sync.WaitGroup
+	for c := range w.Clients {
+		wg.Add(1)
+		go func() { // exits when ctx ends
+			defer wg.Done()
+			w.client1(ctx, c)
+		}()
+	}
+	wg.Wait()
+	w.client.CloseIdleConnections()
+}
+
+func (w *Workload) client1(ctx context.Context, id int) {
+	rng := rand.New(rand.NewPCG(uint64(id), uint64(w.Start.UnixNano())))
+	for seq := 0; ctx.Err() == nil; seq++ {
+		targets := w.Targets()
+		if len(targets) == 0 {
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		n := targets[rng.IntN(len(targets))]
+		hot := fmt.Sprintf("hot%d", rng.IntN(w.HotKeys))
+		switch r := rng.Float64(); {
+		case r < w.ReadFrac:
+			w.read(ctx, id, n, hot)
+		case r < 0.8:
+			w.write(ctx, id, n, hot, fmt.Sprintf("c%d-%d", id, seq), false)
+		default:
+			w.write(ctx, id, n, fmt.Sprintf("u-c%d-%d", id, seq), "1", true)
+		}
+	}
+}
+
+// write records a put; an indeterminate one gets an infinite return time,
+// so porcupine may place it anywhere after its call (or not at all, when
+// a later read shows it never happened... it must still linearize).
+func (w *Workload) write(ctx context.Context, client int, n *Node, key, value string, unique bool) {
+	body, _ := json.Marshal(map[string]string{"key": key, "value": value})
+	call := w.now()
+	status, err := w.do(ctx, http.MethodPost, n.URL+"/raft/api/set", body)
+	ret := w.now()
+	if ctx.Err() != nil && err != nil {
+		ret = math.MaxInt64 // cut off by the end of the run: unknown
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.stats.Attempted++
+	in := KVInput{Put: true, Key: key, Value: value}
+	switch {
+	case err == nil && status/100 == 2:
+		w.stats.Acknowledged++
+		if unique {
+			w.acked = append(w.acked, key)
+		}
+		w.acks = append(w.acks, ackTime{w.Start.Add(time.Duration(call)), w.Start.Add(time.Duration(ret))})
+		w.ops = append(w.ops, porcupine.Operation{ClientId: client, Input: in, Call: call, Output: KVOutput{}, Return: ret})
+	case err == nil && status/100 == 4, refused(err):
+		// Definitely not applied (a 4xx, or the connection was never made):
+		// not part of the history.
+		w.stats.Rejected++
+	default:
+		w.stats.Indeterminate++
+		w.ops = append(w.ops, porcupine.Operation{ClientId: client, Input: in, Call: call,
+			Output: KVOutput{Unknown: true}, Return: math.MaxInt64})
+	}
+}
+
+// refused reports an error from a connection that was never established,
+// so the request never reached a node.
+func refused(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+func (w *Workload) read(ctx context.Context, client int, n *Node, key string) {
+	call := w.now()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.URL+"/kv/"+key, nil)
+	if err != nil {
+		return
+	}
+	resp, err := w.client.Do(req)
+	if err != nil {
+		w.count(func(s *Stats) { s.FailedReads++ })
+		return
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	ret := w.now()
+	var out KVOutput
+	switch resp.StatusCode {
+	case 200:
+		out.Value = string(b)
+	case 404:
+	default:
+		w.count(func(s *Stats) { s.FailedReads++ })
+		return
+	}
+	w.mu.Lock()
+	w.stats.Reads++
+	w.ops = append(w.ops, porcupine.Operation{ClientId: client, Input: KVInput{Key: key}, Call: call, Output: out, Return: ret})
+	w.mu.Unlock()
+}
+
+// FinalReads reads every hot key linearizably from every node given (after
+// healing) and adds the reads to the history.
+func (w *Workload) FinalReads(ctx context.Context, nodes []*Node) error {
+	for i, n := range nodes {
+		for k := range w.HotKeys {
+			key := fmt.Sprintf("hot%d", k)
+			call := w.now()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, n.URL+"/kv/"+key, nil)
+			resp, err := w.client.Do(req)
+			if err != nil {
+				return fmt.Errorf("final read %s on node %d: %w", key, n.Index, err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 && resp.StatusCode != 404 {
+				return fmt.Errorf("final read %s on node %d: %d %s", key, n.Index, resp.StatusCode, b)
+			}
+			out := KVOutput{}
+			if resp.StatusCode == 200 {
+				out.Value = string(b)
+			}
+			w.mu.Lock()
+			w.ops = append(w.ops, porcupine.Operation{ClientId: w.Clients + i, Input: KVInput{Key: key}, Call: call, Output: out, Return: w.now()})
+			w.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+func (w *Workload) count(f func(*Stats)) {
+	w.mu.Lock()
+	f(&w.stats)
+	w.mu.Unlock()
+}
+
+func (w *Workload) do(ctx context.Context, method, url string, body []byte) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	resp, err := w.client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode, nil
+}
+
+// History returns the recorded operations.
+func (w *Workload) History() []porcupine.Operation {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]porcupine.Operation(nil), w.ops...)
+}
+
+// Stats returns the counters.
+func (w *Workload) Stats() Stats {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.stats
+}
+
+// AckedUniqueKeys returns the unique keys whose writes were acknowledged.
+func (w *Workload) AckedUniqueKeys() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.acked...)
+}
+
+// FirstAckAfter returns how long after t the first write called after t
+// was acknowledged, or false if none was.
+func (w *Workload) FirstAckAfter(t time.Time) (time.Duration, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	best := time.Duration(math.MaxInt64)
+	for _, a := range w.acks {
+		if a.call.After(t) && a.ret.Sub(t) < best {
+			best = a.ret.Sub(t)
+		}
+	}
+	return best, best != math.MaxInt64
+}
