@@ -42,12 +42,12 @@ type Workload struct {
 	Timeout  time.Duration  // per request (default 3s)
 	ReadFrac float64        // share of hot-key reads (default 0.4)
 
-	mu       sync.Mutex
-	ops      []porcupine.Operation
-	acked    []string // unique keys acknowledged
-	stats    Stats
-	client   *http.Client
-	acks     []ackTime
+	mu     sync.Mutex
+	ops    []porcupine.Operation
+	acked  []string // unique keys acknowledged
+	stats  Stats
+	client *http.Client
+	acks   []ackTime
 }
 
 // ackTime is when an acknowledged write was called and answered.
