@@ -21,6 +21,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/embedraft/embedraft"
 )
 
 var (
@@ -181,16 +183,7 @@ func (n *Node) Resume() error { _, err := n.signal(syscall.SIGCONT); return err 
 func (n *Node) Wipe() error { return os.RemoveAll(n.Dir) }
 
 // Status is the demo's GET /raft/api/status data.
-type Status struct {
-	ID        uint64 `json:"id"`
-	ClusterID string `json:"cluster_id"`
-	Mode      string `json:"mode"`
-	State     string `json:"state"`
-	Leader    uint64 `json:"leader"`
-	Term      uint64 `json:"term"`
-	Commit    uint64 `json:"commit"`
-	Applied   uint64 `json:"applied"`
-}
+type Status = embedraft.Status
 
 var adminClient = &http.Client{Timeout: 2 * time.Second}
 
