@@ -224,6 +224,14 @@ func checkURL(s string) error {
 	if u.Host == "" || u.Hostname() == "" {
 		return fmt.Errorf("URL %q has no host", s)
 	}
+	if strings.HasSuffix(u.Host, ":") {
+		return fmt.Errorf("URL %q has an empty port", s)
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("URL %q: port must be 1-65535", s)
+		}
+	}
 	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
 		return fmt.Errorf("URL %q must be scheme://host:port only", s)
 	}

@@ -68,7 +68,7 @@ func (n *Node) AddMember(ctx context.Context, req JoinRequest) (JoinResponse, er
 		if req.Addr == n.cfg.AdvertiseURL {
 			return resp, fmt.Errorf("%w: %s is this node's own address", ErrConflict, req.Addr)
 		}
-		if err := n.switchToCluster(ctx); err != nil {
+		if err := n.switchToCluster(); err != nil {
 			return resp, err
 		}
 	}
@@ -378,7 +378,7 @@ func (n *Node) promoteCaughtUpLearner() {
 // writes held, it takes the service's state (GetInit), creates the WAL,
 // starts raft with a new random cluster id, and commits an init entry
 // carrying that state; writes that waited then go through raft.
-func (n *Node) switchToCluster(ctx context.Context) error {
+func (n *Node) switchToCluster() error {
 	n.switchMu.Lock()
 	defer n.switchMu.Unlock()
 	if n.Mode() != ModeStandalone {
@@ -398,27 +398,46 @@ func (n *Node) switchToCluster(ctx context.Context) error {
 		n.stop(err)
 		return err
 	}
-	_ = n.rn.Campaign(ctx) // the only voter: no need to wait for an election timeout
+	// From here on the node has a WAL: it must finish the switch or stop,
+	// never go back to writing standalone. The switch is bounded by its own
+	// deadline, not by the request that triggered it.
+	if err := n.commitInit(data); err != nil {
+		err = fmt.Errorf("switch to cluster: %w", err)
+		n.stop(err)
+		return err
+	}
+	n.enterClusterMode() // writes held at the gate now go through raft
+	n.log.Info("switched from standalone to cluster", "init_bytes", len(data), "took", time.Since(start))
+	return nil
+}
+
+// commitInit elects this single-voter cluster's leader and commits the init
+// entry carrying the standalone state, waiting until it is applied.
+func (n *Node) commitInit(data []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.JoinTimeout)
+	defer cancel()
+	if err := n.campaignAlone(ctx); err != nil {
+		return err
+	}
 	if _, err := n.waitLeaderWhere(ctx, func(lead uint64) bool { return lead == n.id }); err != nil {
-		return fmt.Errorf("switch to cluster: %w", err)
+		return err
 	}
 	reqID := n.reqSeq.Add(1)
 	wait := n.waits.register(reqID)
 	env := entryEnvelope{Kind: kindInit, ReqID: reqID, Origin: n.id, Payload: data}
 	if err := n.rn.Propose(ctx, env.marshal()); err != nil {
 		n.waits.cancel(reqID)
-		return fmt.Errorf("switch to cluster: propose init entry: %w", err)
+		return fmt.Errorf("propose init entry: %w", err)
 	}
 	select {
 	case <-wait:
+		return nil
 	case <-ctx.Done():
 		n.waits.cancel(reqID)
-		return fmt.Errorf("switch to cluster: init entry: %w", ctx.Err())
+		return fmt.Errorf("init entry: %w", ctx.Err())
 	case <-n.stopc:
 		return ErrStopped
 	}
-	n.log.Info("switched from standalone to cluster", "init_bytes", len(data), "took", time.Since(start))
-	return nil
 }
 
 // requestJoin asks cfg.Join for membership, retrying while the answer may

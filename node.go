@@ -201,7 +201,9 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 	case len(cfg.Peers) > 0:
 		err = n.bootstrapRaft(cfg.Peers, staticClusterID(cfg.Peers))
 	case cfg.Cluster:
-		err = n.bootstrapRaft(map[uint64]string{n.id: cfg.AdvertiseURL}, randomClusterID())
+		if err = n.bootstrapRaft(map[uint64]string{n.id: cfg.AdvertiseURL}, randomClusterID()); err == nil {
+			err = n.campaignAlone(ctx)
+		}
 	default:
 		n.log.Info("started standalone")
 	}
@@ -209,6 +211,9 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		n.stop(err)
 		n.release()
 		return nil, err
+	}
+	if n.rn != nil {
+		n.enterClusterMode()
 	}
 	return n, nil
 }
@@ -369,8 +374,24 @@ func (n *Node) startLoops(disk *diskStorage, storage *raft.MemoryStorage, peers 
 	}
 	n.peerTr.Store(tr)
 	n.purgeDone = disk.startPurge(n.stopc, DefaultMaxSnapFiles, DefaultMaxWALFiles)
-	n.mode.Store(ModeCluster)
 	return nil
+}
+
+// enterClusterMode publishes cluster mode once raft is running (and, for a
+// switchover, once the init entry is applied). A node that found itself
+// removed while replaying its log stays removed.
+func (n *Node) enterClusterMode() {
+	n.mode.CompareAndSwap(ModeStandalone, ModeCluster)
+}
+
+// campaignAlone makes a single-voter cluster elect itself at once rather
+// than after an election timeout. raft refuses to campaign until the
+// bootstrap membership entry is applied, so that is waited for first.
+func (n *Node) campaignAlone(ctx context.Context) error {
+	if err := n.applied.wait(ctx, 1, n.stopc); err != nil {
+		return err
+	}
+	return n.rn.Campaign(ctx)
 }
 
 // dialURL is the URL this node dials to reach the member advertised at addr:

@@ -27,6 +27,8 @@ func TestConfigValidate(t *testing.T) {
 		{"bad scheme", Config{AdvertiseURL: "ftp://a:1", DataDir: "d"}, []string{"scheme"}},
 		{"path in URL", Config{AdvertiseURL: "http://a:1/x", DataDir: "d"}, []string{"scheme://host:port only"}},
 		{"no host", Config{AdvertiseURL: "http://", DataDir: "d"}, []string{"no host"}},
+		{"empty port", Config{AdvertiseURL: "http://127.0.0.1:", DataDir: "d"}, []string{"empty port"}},
+		{"port out of range", Config{AdvertiseURL: "http://a:70000", DataDir: "d"}, []string{"1-65535"}},
 		{"id not in peers", Config{ID: 3, AdvertiseURL: "http://a:3", DataDir: "d", Peers: peers}, []string{"not in Peers"}},
 		{"advertise differs", Config{ID: 1, AdvertiseURL: "http://b:1", DataDir: "d", Peers: peers}, []string{"differs"}},
 		{"peers without id", Config{AdvertiseURL: "http://a:1", DataDir: "d", Peers: peers}, []string{"ID is required"}},
