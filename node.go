@@ -385,13 +385,28 @@ func (n *Node) enterClusterMode() {
 }
 
 // campaignAlone makes a single-voter cluster elect itself at once rather
-// than after an election timeout. raft refuses to campaign until the
-// bootstrap membership entry is applied, so that is waited for first.
+// than after an election timeout. raft refuses to campaign while a committed
+// membership entry is not applied by raft itself (Advance), so that is
+// waited for first.
 func (n *Node) campaignAlone(ctx context.Context) error {
-	if err := n.applied.wait(ctx, 1, n.stopc); err != nil {
-		return err
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	for {
+		st := n.rn.Status()
+		if st.RaftState == raft.StateLeader {
+			return nil
+		}
+		if st.Commit >= 1 && st.Applied >= st.Commit {
+			return n.rn.Campaign(ctx)
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.stopc:
+			return ErrStopped
+		}
 	}
-	return n.rn.Campaign(ctx)
 }
 
 // dialURL is the URL this node dials to reach the member advertised at addr:
