@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/coreos/go-semver/semver"
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.etcd.io/etcd/raft/v3"
@@ -195,16 +196,21 @@ func (n *Node) decodeJSON(w http.ResponseWriter, r *http.Request, v interface{})
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("%w: invalid JSON: %v", ErrBadRequest, err)
 	}
-	if dec.More() {
+	if _, err := dec.Token(); err != io.EOF {
 		return fmt.Errorf("%w: trailing data after JSON object", ErrBadRequest)
 	}
 	return nil
 }
 
-// maxPeerMessageBytes bounds one message on rafthttp's routes (a snapshot
-// travels as one message, so this is also the largest state that can be
-// replicated by snapshot).
-const maxPeerMessageBytes = 1 << 30
+// maxPeerMessageBytes bounds one message on rafthttp's pipeline route (a
+// snapshot travels there as one message, so this is also the largest state
+// that can be replicated by snapshot). embedraft never uses rafthttp's
+// streaming /raft/snapshot route, whose length prefix rafthttp allocates
+// before reading, so that route gets a small bound.
+const (
+	maxPeerMessageBytes    = 1 << 30
+	maxSnapshotRouteHeader = 1 << 20
+)
 
 // servePeer hands rafthttp's routes to the peer transport, with limits
 // rafthttp lacks: a bounded body, and a snapshot length checked before
@@ -225,6 +231,15 @@ func (n *Node) servePeer(w http.ResponseWriter, r *http.Request) {
 	// Members are added from the replicated membership only, never from a
 	// request's claim of its own URLs.
 	r.Header.Del("X-PeerURLs")
+	// rafthttp parses these with semver.Must: a bad value panics its handler.
+	for _, h := range []string{"X-Server-Version", "X-Min-Cluster-Version"} {
+		if v := r.Header.Get(h); v != "" {
+			if _, err := semver.NewVersion(v); err != nil {
+				writeJSON(w, nil, fmt.Errorf("%w: %s: %v", ErrBadRequest, h, err))
+				return
+			}
+		}
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxPeerMessageBytes+8)
 	if r.URL.Path == "/raft/snapshot" {
 		var hdr [8]byte
@@ -232,7 +247,7 @@ func (n *Node) servePeer(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, nil, fmt.Errorf("%w: snapshot message: %v", ErrBadRequest, err))
 			return
 		}
-		if l := binary.BigEndian.Uint64(hdr[:]); l > maxPeerMessageBytes {
+		if l := binary.BigEndian.Uint64(hdr[:]); l > maxSnapshotRouteHeader {
 			writeJSON(w, nil, fmt.Errorf("%w: snapshot message of %d bytes", ErrTooLarge, l))
 			return
 		}
@@ -249,8 +264,8 @@ func (n *Node) servePeer(w http.ResponseWriter, r *http.Request) {
 func (n *Node) requireToken(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if n.cfg.Token != "" {
-			got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if subtle.ConstantTimeCompare([]byte(got), []byte(n.cfg.Token)) != 1 {
+			got, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !bearer || subtle.ConstantTimeCompare([]byte(got), []byte(n.cfg.Token)) != 1 {
 				writeJSON(w, nil, fmt.Errorf("%w: missing or wrong cluster token", ErrUnauthorized))
 				return
 			}

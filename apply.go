@@ -140,7 +140,7 @@ func (a *applier) applyConfChange(index uint64, cc raftpb.ConfChangeV2) {
 		switch ch.Type {
 		case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode:
 			if m, ok := n.reg.member(ch.NodeID); ok && ch.NodeID != n.id && m.Addr != "" {
-				tr.AddPeer(typesID(ch.NodeID), []string{n.dialURL(m.Addr)})
+				n.addPeer(tr, ch.NodeID, m.Addr)
 			}
 			if first, err := n.storage.FirstIndex(); err == nil && first > 1 {
 				a.snapNow = true
@@ -182,7 +182,7 @@ func (n *Node) syncTransportPeers() {
 	members := n.reg.members()
 	for id, m := range members {
 		if id != n.id && m.Addr != "" && tr.Get(typesID(id)) == nil {
-			tr.AddPeer(typesID(id), []string{n.dialURL(m.Addr)})
+			n.addPeer(tr, id, m.Addr)
 		}
 	}
 	for _, id := range n.reg.removedIDs() {

@@ -12,6 +12,10 @@ import (
 	"time"
 )
 
+// MaxMemberID is the largest member id: ids are assigned by counting up,
+// and the bound keeps that from ever wrapping to 0.
+const MaxMemberID = 1 << 62
+
 // Defaults used for zero Config fields.
 const (
 	DefaultSnapshotCount   = 10000
@@ -64,8 +68,10 @@ type Config struct {
 
 	// Token, when set, must be presented by peers and admins (header
 	// "Authorization: Bearer <token>") on the /raft/node/ routes and the
-	// admin routes. rafthttp's own routes are not covered: protect them with
-	// network policy or TLS.
+	// admin routes; on rafthttp's routes peers prove it through the cluster
+	// id they send (derived from the token). Without a token, anyone who can
+	// reach the peer routes is trusted as a member: set one outside a trusted
+	// network.
 	Token string
 
 	// SnapshotCount is the number of applied entries between automatic
@@ -178,8 +184,8 @@ func (c Config) Validate() error {
 		}
 		seen := map[string]uint64{}
 		for id, u := range c.Peers {
-			if id == 0 {
-				bad("peer id 0 is not allowed")
+			if id == 0 || id > MaxMemberID {
+				bad("peer id %d is not from 1 to %d", id, uint64(MaxMemberID))
 			}
 			if err := checkURL(u); err != nil {
 				bad("peer %d: %v", id, err)
@@ -189,6 +195,9 @@ func (c Config) Validate() error {
 			}
 			seen[u] = id
 		}
+	}
+	if c.ID > MaxMemberID {
+		bad("ID %d is above %d", c.ID, uint64(MaxMemberID))
 	}
 	if c.ElectionTicks <= c.HeartbeatTicks {
 		bad("ElectionTicks (%d) must exceed HeartbeatTicks (%d)", c.ElectionTicks, c.HeartbeatTicks)
@@ -208,8 +217,8 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// checkURL accepts an absolute http or https URL with a host and no path,
-// query or fragment beyond "/".
+// checkURL accepts an absolute http or https URL with a host, an explicit
+// port and no path, query or fragment beyond "/".
 func checkURL(s string) error {
 	if s == "" {
 		return errors.New("empty URL")
@@ -227,10 +236,12 @@ func checkURL(s string) error {
 	if strings.HasSuffix(u.Host, ":") {
 		return fmt.Errorf("URL %q has an empty port", s)
 	}
-	if p := u.Port(); p != "" {
-		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
-			return fmt.Errorf("URL %q: port must be 1-65535", s)
-		}
+	// An explicit port: rafthttp (and so every member applying the
+	// membership change) refuses peer URLs without one.
+	if p := u.Port(); p == "" {
+		return fmt.Errorf("URL %q has no port", s)
+	} else if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("URL %q: port must be 1-65535", s)
 	}
 	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
 		return fmt.Errorf("URL %q must be scheme://host:port only", s)
@@ -250,8 +261,8 @@ func ParsePeers(s string) (map[uint64]string, error) {
 			return nil, fmt.Errorf("%w: peer %q is not id=URL", ErrInvalidConfig, part)
 		}
 		id, err := strconv.ParseUint(strings.TrimSpace(idStr), 10, 64)
-		if err != nil || id == 0 {
-			return nil, fmt.Errorf("%w: peer %q: id must be a positive integer", ErrInvalidConfig, part)
+		if err != nil || id == 0 || id > MaxMemberID {
+			return nil, fmt.Errorf("%w: peer %q: id must be an integer from 1 to %d", ErrInvalidConfig, part, uint64(MaxMemberID))
 		}
 		if _, dup := peers[id]; dup {
 			return nil, fmt.Errorf("%w: peer id %d given twice", ErrInvalidConfig, id)

@@ -61,12 +61,18 @@ func (n *Node) AddMember(ctx context.Context, req JoinRequest) (JoinResponse, er
 	if err := checkURL(req.Addr); err != nil {
 		return resp, fmt.Errorf("%w: addr: %v", ErrBadRequest, err)
 	}
+	if req.ID > MaxMemberID {
+		return resp, fmt.Errorf("%w: id %d is above %d", ErrBadRequest, req.ID, uint64(MaxMemberID))
+	}
 	if n.Mode() == ModeStandalone {
 		if req.ClusterID != "" {
 			return resp, fmt.Errorf("%w: this node is standalone, not in cluster %s", ErrWrongCluster, req.ClusterID)
 		}
-		if req.Addr == n.cfg.AdvertiseURL {
-			return resp, fmt.Errorf("%w: %s is this node's own address", ErrConflict, req.Addr)
+		// Refuse what would be refused after the switch before switching:
+		// a rejected request must leave the node as it was.
+		self := map[uint64]NodeInfo{n.id: {ID: n.id, Addr: n.cfg.AdvertiseURL, Role: RoleVoter}}
+		if _, _, err := checkNewMember(req, self, nil, n.id); err != nil {
+			return resp, err
 		}
 		if err := n.switchToCluster(); err != nil {
 			return resp, err
@@ -193,24 +199,12 @@ func (n *Node) addMemberLocal(ctx context.Context, req JoinRequest) (JoinRespons
 		return JoinResponse{}, ErrChangeInFlight
 	}
 	defer n.confBusy.Store(false)
-	for _, m := range n.reg.members() {
-		if m.Addr != req.Addr {
-			continue
-		}
-		if req.ID == 0 || req.ID == m.ID {
-			return n.joinResponse(m.ID), nil // already a member: joining is idempotent
-		}
-		return JoinResponse{}, fmt.Errorf("%w: %s is already member %d", ErrConflict, req.Addr, m.ID)
+	id, existing, err := checkNewMember(req, n.reg.members(), n.reg.removedIDs(), n.reg.maxID())
+	if err != nil {
+		return JoinResponse{}, err
 	}
-	id := req.ID
-	if id == 0 {
-		id = n.reg.maxID() + 1
-	} else if m, ok := n.reg.member(id); ok {
-		return JoinResponse{}, fmt.Errorf("%w: id %d is in use by %s", ErrConflict, id, m.Addr)
-	} else if n.reg.isRemoved(id) {
-		return JoinResponse{}, fmt.Errorf("%w: id %d was removed; ids are never reused", ErrConflict, id)
-	} else if id <= n.reg.maxID() {
-		return JoinResponse{}, fmt.Errorf("%w: id %d was already used; ids are never reused", ErrConflict, id)
+	if existing {
+		return n.joinResponse(id), nil // already a member: joining is idempotent
 	}
 	cc := raftpb.ConfChange{Type: raftpb.ConfChangeAddLearnerNode, NodeID: id}
 	if err := n.proposeConfChange(ctx, cc, req.Addr); err != nil {
@@ -218,6 +212,35 @@ func (n *Node) addMemberLocal(ctx context.Context, req JoinRequest) (JoinRespons
 	}
 	n.log.Info("added learner", "id", id, "addr", req.Addr)
 	return n.joinResponse(id), nil
+}
+
+// checkNewMember decides a join request against a membership: the id the
+// member gets, whether it is already a member (joining is idempotent per
+// address), or why it is refused. Ids are never reused.
+func checkNewMember(req JoinRequest, members map[uint64]NodeInfo, removed []uint64, maxID uint64) (uint64, bool, error) {
+	for _, m := range members {
+		if m.Addr != req.Addr {
+			continue
+		}
+		if req.ID == 0 || req.ID == m.ID {
+			return m.ID, true, nil
+		}
+		return 0, false, fmt.Errorf("%w: %s is already member %d", ErrConflict, req.Addr, m.ID)
+	}
+	switch m, inUse := members[req.ID]; {
+	case req.ID == 0:
+		if maxID >= MaxMemberID {
+			return 0, false, fmt.Errorf("%w: member ids are exhausted", ErrConflict)
+		}
+		return maxID + 1, false, nil
+	case inUse:
+		return 0, false, fmt.Errorf("%w: id %d is in use by %s", ErrConflict, req.ID, m.Addr)
+	case containsID(removed, req.ID):
+		return 0, false, fmt.Errorf("%w: id %d was removed; ids are never reused", ErrConflict, req.ID)
+	case req.ID <= maxID:
+		return 0, false, fmt.Errorf("%w: id %d was already used; ids are never reused", ErrConflict, req.ID)
+	}
+	return req.ID, false, nil
 }
 
 // removeMemberLocal runs RemoveMember on the leader.

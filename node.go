@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/etcd/raft/v3"
 	"go.etcd.io/etcd/raft/v3/raftpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/rafthttp"
@@ -369,7 +370,7 @@ func (n *Node) startLoops(disk *diskStorage, storage *raft.MemoryStorage, peers 
 	}
 	for id, u := range peers {
 		if id != n.id && u != "" {
-			tr.AddPeer(typesID(id), []string{n.dialURL(u)})
+			n.addPeer(tr, id, u)
 		}
 	}
 	n.peerTr.Store(tr)
@@ -407,6 +408,18 @@ func (n *Node) campaignAlone(ctx context.Context) error {
 			return ErrStopped
 		}
 	}
+}
+
+// addPeer adds a member to rafthttp, which panics (through its logger) on a
+// URL it cannot parse: such a member is logged and left unreachable rather
+// than taking the node down.
+func (n *Node) addPeer(tr *rafthttp.Transport, id uint64, addr string) {
+	u := n.dialURL(addr)
+	if _, err := types.NewURLs([]string{u}); err != nil {
+		n.log.Error("member has an unusable address; not dialing it", "member", id, "addr", addr, "err", err)
+		return
+	}
+	tr.AddPeer(typesID(id), []string{u})
 }
 
 // dialURL is the URL this node dials to reach the member advertised at addr:

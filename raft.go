@@ -3,6 +3,8 @@ package embedraft
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math"
 	"net/http"
 	"time"
 
@@ -159,6 +161,9 @@ func (p peerRaft) Process(ctx context.Context, m raftpb.Message) error {
 	if p.n.reg.isRemoved(m.From) {
 		return peerError{http.StatusForbidden, "the member has been permanently removed from the cluster"}
 	}
+	if reason := p.n.checkPeerMessage(m); reason != "" {
+		return peerError{http.StatusBadRequest, "refused raft message: " + reason}
+	}
 	if err := p.n.rn.Step(ctx, m); err != nil {
 		return peerError{http.StatusServiceUnavailable, err.Error()}
 	}
@@ -168,6 +173,50 @@ func (p peerRaft) IsIDRemoved(id uint64) bool  { return p.n.reg.isRemoved(id) }
 func (p peerRaft) ReportUnreachable(id uint64) { p.n.rn.ReportUnreachable(id) }
 func (p peerRaft) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
 	p.n.rn.ReportSnapshot(id, status)
+}
+
+// checkPeerMessage refuses messages no embedraft peer sends, which raft
+// would otherwise trust (and panic on): raft assumes its transport only
+// carries messages from raft. It is no substitute for the cluster token: a
+// well-formed message from someone who can reach the peer routes is still
+// believed.
+func (n *Node) checkPeerMessage(m raftpb.Message) string {
+	switch {
+	case m.To != n.id:
+		return "addressed to another member"
+	case m.From == n.id || m.From == 0:
+		return "bad sender"
+	case raft.IsLocalMsg(m.Type) || m.Type == raftpb.MsgProp:
+		// Local messages never cross the network, and proposal forwarding is
+		// disabled: writes reach the leader through /raft/node/propose.
+		return "message type " + m.Type.String() + " is never sent by a peer"
+	case m.Term == math.MaxUint64:
+		return "term out of range"
+	case m.Term == 0 && m.Type != raftpb.MsgReadIndex:
+		return "term 0"
+	case m.Type == raftpb.MsgReadIndex && len(m.Entries) != 1:
+		return "read index without its context"
+	}
+	if tr := n.peerTr.Load(); tr == nil || tr.Get(typesID(m.From)) == nil {
+		return "sender is not a peer"
+	}
+	if m.Type == raftpb.MsgSnap {
+		members, _, err := unmarshalSnapshot(m.Snapshot.Data)
+		if err == nil {
+			err = newRegistry().restore(members)
+		}
+		if err != nil {
+			return "snapshot is not embedraft's: " + err.Error()
+		}
+	}
+	for _, e := range m.Entries {
+		if e.Type == raftpb.EntryNormal && len(e.Data) > 0 {
+			if _, err := unmarshalEntry(e.Data); err != nil {
+				return fmt.Sprintf("entry %d: %v", e.Index, err)
+			}
+		}
+	}
+	return ""
 }
 
 // peerError is an error that writes its own HTTP answer to rafthttp.

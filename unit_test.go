@@ -81,8 +81,8 @@ func TestParsePeers(t *testing.T) {
 		{"", map[uint64]string{}, ""},
 		{"1=http://a:1, 2=http://b:2/", map[uint64]string{1: "http://a:1", 2: "http://b:2"}, ""},
 		{"1=http://a:1,1=http://b:2", nil, "given twice"},
-		{"x=http://a:1", nil, "positive integer"},
-		{"0=http://a:1", nil, "positive integer"},
+		{"x=http://a:1", nil, "integer from 1"},
+		{"0=http://a:1", nil, "integer from 1"},
 		{"1http://a:1", nil, "not id=URL"},
 		{"1=a:1", nil, "scheme"},
 	}

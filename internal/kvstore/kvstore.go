@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"sort"
 	"strings"
@@ -58,7 +59,7 @@ func ParseOp(body []byte) (Op, error) {
 	if err := dec.Decode(&op); err != nil {
 		return op, fmt.Errorf("invalid JSON: %v", err)
 	}
-	if dec.More() {
+	if _, err := dec.Token(); err != io.EOF {
 		return op, errors.New("trailing data after JSON object")
 	}
 	if op.Key == "" {
@@ -147,6 +148,9 @@ func (s *Store) ResetSnap(data []byte) error {
 		if err := json.Unmarshal(data, &m); err != nil {
 			return fmt.Errorf("decode snapshot: %w", err)
 		}
+	}
+	if m == nil { // "null"
+		m = map[string]string{}
 	}
 	s.mu.Lock()
 	s.data = m

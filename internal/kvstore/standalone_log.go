@@ -66,7 +66,9 @@ func (s *Store) replay(f *os.File) (int64, error) {
 			return off, nil // end, or a torn header
 		}
 		n, sum := binary.BigEndian.Uint32(hdr[:4]), binary.BigEndian.Uint32(hdr[4:])
-		if n > 64<<20 {
+		if n == 0 || n > 64<<20 {
+			// Commit never writes an empty record: zeros are a file
+			// extended but never written (a crash), the end of the log.
 			return off, nil
 		}
 		data := make([]byte, n)
