@@ -215,6 +215,9 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 	}
 	if n.rn != nil {
 		n.enterClusterMode()
+		if cfg.Token == "" {
+			n.log.Warn("no cluster token: anyone who can reach this node's peer routes is trusted as a member")
+		}
 	}
 	return n, nil
 }
