@@ -404,3 +404,24 @@ func TestTokenRequiredOnPeerAndAdminRoutes(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A joined node whose data directory belongs to one cluster refuses to start
+// when told to join a node of another cluster.
+func TestRestartRefusesAnotherClustersTarget(t *testing.T) {
+	c := tc.NewSingle(t)
+	a := c.Members[0]
+	b := c.Join(a)
+	waitVoters(t, c, 2)
+	other := tc.NewSingle(t, func(cfg *embedraft.Config) { cfg.Cluster = true })
+	other.WaitLeader(5 * time.Second)
+	b.Stop()
+	cfg := embedraft.Config{AdvertiseURL: b.URL, DataDir: b.Dir, Join: other.Members[0].URL}
+	_, err := embedraft.New(cfg, nopService{})
+	if err == nil || !strings.Contains(err.Error(), "belongs to cluster") {
+		t.Fatalf("restart joining another cluster: %v", err)
+	}
+	b.Restart() // with its own target it comes back as before
+	if b.Node.ID() != 2 || b.Node.Mode() != embedraft.ModeCluster {
+		t.Fatalf("restarted member: id %d mode %s", b.Node.ID(), b.Node.Mode())
+	}
+}

@@ -40,6 +40,46 @@ type Cluster struct {
 // cluster and waits for a leader.
 func NewCluster(t testing.TB, opt Options) *Cluster {
 	t.Helper()
+	c := newSlots(t, opt)
+	peers := peersFlag(c.Nodes[:c.opt.Size])
+	for _, n := range c.Nodes[:c.opt.Size] {
+		if err := n.Start("-id", strconv.Itoa(n.Index), "-peers", peers, "-snapshot-count", strconv.Itoa(c.opt.SnapshotCount)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.WaitLeader(20 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// NewStandalone starts the first slot as a standalone node (no flags but
+// its address and data directory); the Spare slots can join it later.
+func NewStandalone(t testing.TB, opt Options) *Cluster {
+	t.Helper()
+	opt.Size = 1
+	c := newSlots(t, opt)
+	if err := c.Nodes[0].Start("-snapshot-count", strconv.Itoa(c.opt.SnapshotCount)); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := c.Nodes[0].Status(ctx)
+		cancel()
+		if err == nil {
+			return c
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("standalone node never answered: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// newSlots allocates the slots and their proxies and starts the monitor.
+func newSlots(t testing.TB, opt Options) *Cluster {
+	t.Helper()
 	if opt.Size == 0 {
 		opt.Size = 3
 	}
@@ -79,17 +119,8 @@ func NewCluster(t testing.TB, opt Options) *Cluster {
 		}
 		from.env = []string{"EMBEDRAFT_TEST_DIAL=" + strings.Join(dial, ",")}
 	}
-	peers := peersFlag(c.Nodes[:opt.Size])
-	for _, n := range c.Nodes[:opt.Size] {
-		if err := n.Start("-id", strconv.Itoa(n.Index), "-peers", peers, "-snapshot-count", strconv.Itoa(opt.SnapshotCount)); err != nil {
-			t.Fatal(err)
-		}
-	}
 	c.stopMon, c.monDone = make(chan struct{}), make(chan struct{})
 	go c.monitor() // exits when shutdown closes stopMon
-	if _, err := c.WaitLeader(20 * time.Second); err != nil {
-		t.Fatal(err)
-	}
 	return c
 }
 
