@@ -319,3 +319,23 @@ func TestClusterWriteDuringLeaderTransfer(t *testing.T) {
 		t.Fatalf("leader is %d, want %d", nl.ID, to.ID)
 	}
 }
+
+// Linearizable reads (the demo's default GET) work on every member and see
+// every write acknowledged before them, wherever it was made.
+func TestClusterLinearizableReadsOnEveryMember(t *testing.T) {
+	c := tc.NewStatic(t, 3)
+	for i, w := range c.Members {
+		c.MustSet(w, "k", fmt.Sprint(i))
+		for _, r := range c.Members {
+			resp, err := c.Client.Get(r.URL + "/kv/k")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := readAll(resp)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || got != fmt.Sprint(i) {
+				t.Fatalf("read on member %d after a write via %d: %d %q, want %q", r.ID, w.ID, resp.StatusCode, got, fmt.Sprint(i))
+			}
+		}
+	}
+}

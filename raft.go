@@ -209,6 +209,9 @@ func (n *Node) checkPeerMessage(m raftpb.Message) string {
 			return "snapshot is not embedraft's: " + err.Error()
 		}
 	}
+	if m.Type != raftpb.MsgApp {
+		return "" // only appends carry log entries (a read index carries its context)
+	}
 	for _, e := range m.Entries {
 		if e.Type == raftpb.EntryNormal && len(e.Data) > 0 {
 			if _, err := unmarshalEntry(e.Data); err != nil {

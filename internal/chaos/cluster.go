@@ -92,11 +92,12 @@ func newSlots(t testing.TB, opt Options) *Cluster {
 	c := &Cluster{T: t, opt: opt, proxies: map[[2]int]*Proxy{}, leaders: map[uint64]map[uint64]bool{}}
 	total := opt.Size + opt.Spare
 	base := t.TempDir()
+	ports, err := freePorts(total)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i := 1; i <= total; i++ {
-		port, err := freePort()
-		if err != nil {
-			t.Fatal(err)
-		}
+		port := ports[i-1]
 		c.Nodes = append(c.Nodes, &Node{
 			Index: i, Port: port, URL: fmt.Sprintf("http://127.0.0.1:%d", port),
 			Dir: filepath.Join(base, fmt.Sprintf("n%d", i)), LogPath: filepath.Join(opt.LogDir, fmt.Sprintf("n%d.log", i)),
@@ -135,9 +136,7 @@ func (c *Cluster) shutdown() {
 		<-c.monDone
 	}
 	for _, n := range c.Nodes {
-		if n.Running() {
-			_ = n.Kill()
-		}
+		_ = n.Kill() // a node that exited by itself was reported already
 	}
 	for _, p := range c.proxies {
 		p.Close()
@@ -378,7 +377,8 @@ func (c *Cluster) LeaderViolations() []string {
 	return out
 }
 
-// LogProblems scans every node log for panics, fatal errors and races.
+// LogProblems scans every node log for panics, fatal errors, races, and a
+// demo that exited with an error.
 func (c *Cluster) LogProblems() []string {
 	var out []string
 	for _, n := range c.Nodes {
@@ -386,7 +386,7 @@ func (c *Cluster) LogProblems() []string {
 		if err != nil {
 			continue
 		}
-		for _, bad := range []string{"panic:", "fatal error:", "DATA RACE", "http: panic serving"} {
+		for _, bad := range []string{"panic:", "fatal error:", "DATA RACE", "http: panic serving", "\ndemo: "} {
 			if i := strings.Index(string(b), bad); i >= 0 {
 				end := min(len(b), i+300)
 				out = append(out, fmt.Sprintf("node %d log: %s", n.Index, b[i:end]))

@@ -62,14 +62,19 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(mod), nil
 }
 
-// freePort returns a loopback port that was free a moment ago.
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// freePorts returns n distinct loopback ports that were free a moment ago.
+// The listeners are held until all n are chosen, so no port comes twice.
+func freePorts(n int) ([]int, error) {
+	ports := make([]int, 0, n)
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer ln.Close()
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return ports, nil
 }
 
 // Node is one demo process slot: a fixed port and data directory, started
@@ -90,11 +95,21 @@ type Node struct {
 	args []string
 }
 
-// Running reports whether the process is alive (possibly stopped by SIGSTOP).
+// Running reports whether the process is alive (possibly stopped by
+// SIGSTOP). A process that exited by itself is not running, and signalling
+// it fails: a node that dies unasked fails the scenario.
 func (n *Node) Running() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.cmd != nil
+	if n.cmd == nil {
+		return false
+	}
+	select {
+	case <-n.done:
+		return false
+	default:
+		return true
+	}
 }
 
 // Start launches the demo with args (besides -addr and -data).
@@ -137,6 +152,11 @@ func (n *Node) signal(sig syscall.Signal) (chan struct{}, error) {
 	defer n.mu.Unlock()
 	if n.cmd == nil {
 		return nil, fmt.Errorf("node %d not running", n.Index)
+	}
+	select {
+	case <-n.done:
+		return nil, fmt.Errorf("node %d exited by itself (see %s)", n.Index, n.LogPath)
+	default:
 	}
 	return n.done, n.cmd.Process.Signal(sig)
 }

@@ -178,32 +178,55 @@ func (w *Workload) read(ctx context.Context, client int, n *Node, key string) {
 }
 
 // FinalReads reads every hot key linearizably from every node given (after
-// healing) and adds the reads to the history.
+// healing) and adds the reads to the history. A read that fails has no
+// effect, so it is retried until ctx ends (a loaded machine can take a
+// while to confirm a ReadIndex).
 func (w *Workload) FinalReads(ctx context.Context, nodes []*Node) error {
 	for i, n := range nodes {
 		for k := range w.HotKeys {
 			key := fmt.Sprintf("hot%d", k)
-			call := w.now()
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, n.URL+"/kv/"+key, nil)
-			resp, err := w.client.Do(req)
-			if err != nil {
-				return fmt.Errorf("final read %s on node %d: %w", key, n.Index, err)
+			var last error
+			for {
+				op, err := w.finalRead(ctx, n, key)
+				if err == nil {
+					op.ClientId = w.Clients + i
+					w.mu.Lock()
+					w.ops = append(w.ops, op)
+					w.mu.Unlock()
+					break
+				}
+				last = err
+				if ctx.Err() != nil {
+					return fmt.Errorf("final read %s on node %d: %w", key, n.Index, last)
+				}
+				time.Sleep(100 * time.Millisecond)
 			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != 200 && resp.StatusCode != 404 {
-				return fmt.Errorf("final read %s on node %d: %d %s", key, n.Index, resp.StatusCode, b)
-			}
-			out := KVOutput{}
-			if resp.StatusCode == 200 {
-				out.Value = string(b)
-			}
-			w.mu.Lock()
-			w.ops = append(w.ops, porcupine.Operation{ClientId: w.Clients + i, Input: KVInput{Key: key}, Call: call, Output: out, Return: w.now()})
-			w.mu.Unlock()
 		}
 	}
 	return nil
+}
+
+func (w *Workload) finalRead(ctx context.Context, n *Node, key string) (porcupine.Operation, error) {
+	call := w.now()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.URL+"/kv/"+key, nil)
+	if err != nil {
+		return porcupine.Operation{}, err
+	}
+	resp, err := w.client.Do(req)
+	if err != nil {
+		return porcupine.Operation{}, err
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	out := KVOutput{}
+	switch resp.StatusCode {
+	case 200:
+		out.Value = string(b)
+	case 404:
+	default:
+		return porcupine.Operation{}, fmt.Errorf("status %d: %s", resp.StatusCode, b)
+	}
+	return porcupine.Operation{Input: KVInput{Key: key}, Call: call, Output: out, Return: w.now()}, nil
 }
 
 func (w *Workload) count(f func(*Stats)) {
