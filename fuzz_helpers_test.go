@@ -348,22 +348,12 @@ func checkAnswer(t *testing.T, what string, code int, body []byte, err error, en
 	}
 }
 
-// waitFor is tc.Eventually for a *testing.T inside a fuzz target (the
+// waitFor is tc.Eventually on the *testing.T of a fuzz input (the
 // cluster's own helpers report to the *testing.F, which must not be used
-// there), but polling every 5ms where tc.Eventually polls every 10ms.
+// there).
 func waitFor(t *testing.T, timeout time.Duration, cond func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v: %v", timeout, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	tc.Eventually(t, timeout, cond)
 }
 
 // lenientDecode decodes the first JSON value of body the way the library's
