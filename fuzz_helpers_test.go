@@ -348,6 +348,38 @@ func checkAnswer(t *testing.T, what string, code int, body []byte, err error, en
 	}
 }
 
+// pickClusterID chooses the cluster id a fuzzed request carries: none, the
+// node's own, or the fuzzed value.
+func pickClusterID(sel uint8, actual, fuzzed string) string {
+	switch sel % 3 {
+	case 1:
+		return actual
+	case 2:
+		return fuzzed
+	}
+	return ""
+}
+
+// checkBodyStatus checks the statuses every JSON route owes any body: 413
+// over the limit, 400 when it does not decode. It reports whether one of
+// those cases applied.
+func checkBodyStatus(t *testing.T, what string, code int, resp, body []byte, decoded bool) bool {
+	t.Helper()
+	switch {
+	case len(body) > fuzzMaxBody:
+		if code != 413 {
+			t.Fatalf("%s: status %d, want 413", what, code)
+		}
+	case !decoded:
+		if code != 400 {
+			t.Fatalf("%s: status %d, want 400: %s", what, code, resp)
+		}
+	default:
+		return false
+	}
+	return true
+}
+
 // waitFor is tc.Eventually on the *testing.T of a fuzz input (the
 // cluster's own helpers report to the *testing.F, which must not be used
 // there).

@@ -66,26 +66,14 @@ func fuzzJoin(f *testing.F, path string) {
 		before := h.before(t)
 		clusterID := m.Node.Status().ClusterID
 		hdr := http.Header{}
-		switch hdrSel % 3 {
-		case 1:
-			hdr.Set("X-Embedraft-Cluster-Id", clusterID)
-		case 2:
-			if cid != "" {
-				hdr.Set("X-Embedraft-Cluster-Id", cid)
-			}
+		if cid = pickClusterID(hdrSel, clusterID, cid); cid != "" {
+			hdr.Set("X-Embedraft-Cluster-Id", cid)
 		}
 		code, resp, err := h.post(m, path, body, hdr)
 		what := fmt.Sprintf("%s %q (cluster header %q) via member %d", path, body, hdr.Get("X-Embedraft-Cluster-Id"), m.ID)
 		checkAnswer(t, what, code, resp, err, true)
 		switch {
-		case len(body) > fuzzMaxBody:
-			if code != 413 {
-				t.Fatalf("%s: status %d, want 413", what, code)
-			}
-		case !decoded:
-			if code != 400 {
-				t.Fatalf("%s: status %d, want 400: %s", what, code, resp)
-			}
+		case checkBodyStatus(t, what, code, resp, body, decoded):
 		case !goodAddr(req.Addr):
 			if code/100 != 4 {
 				t.Fatalf("%s: status %d for a bad address, want a 4xx: %s", what, code, resp)
@@ -232,14 +220,7 @@ func FuzzTransferLeaderRoute(f *testing.F) {
 		what := fmt.Sprintf("transferLeader %q via member %d", body, m.ID)
 		checkAnswer(t, what, code, resp, err, true)
 		switch {
-		case len(body) > fuzzMaxBody:
-			if code != 413 {
-				t.Fatalf("%s: status %d, want 413", what, code)
-			}
-		case !decoded:
-			if code != 400 {
-				t.Fatalf("%s: status %d, want 400: %s", what, code, resp)
-			}
+		case checkBodyStatus(t, what, code, resp, body, decoded):
 		case !member:
 			if code/100 != 4 {
 				t.Fatalf("%s: status %d for a non-member, want a 4xx: %s", what, code, resp)

@@ -118,13 +118,7 @@ func FuzzPeerRoutes(f *testing.F) {
 		clusterID := m.Node.Status().ClusterID
 		hdr := http.Header{}
 		hdr.Set("X-Server-Version", ver)
-		switch hdrSel % 3 {
-		case 1:
-			cid = clusterID
-		case 2:
-		default:
-			cid = ""
-		}
+		cid = pickClusterID(hdrSel, clusterID, cid)
 		if cid != "" {
 			hdr.Set("X-Etcd-Cluster-ID", cid)
 		}

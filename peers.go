@@ -66,9 +66,7 @@ func (r *registry) applyConfChange(cc raftpb.ConfChangeV2) error {
 			}
 			r.st.Members[id] = info
 		case raftpb.ConfChangeRemoveNode:
-			if _, ok := r.st.Members[id]; ok {
-				delete(r.st.Members, id)
-			}
+			delete(r.st.Members, id)
 			if !containsID(r.st.Removed, id) {
 				r.st.Removed = append(r.st.Removed, id)
 			}

@@ -205,7 +205,7 @@ func TestStaticClusterIDIsDerivedFromMembers(t *testing.T) {
 	if a != b || a == c || a == 0 {
 		t.Fatalf("ids %x %x %x", a, b, c)
 	}
-	if randomClusterID() == randomClusterID() {
+	if x, y := randomClusterID(), randomClusterID(); x == y {
 		t.Fatal("random cluster ids repeat")
 	}
 }

@@ -228,15 +228,16 @@ func (n *Node) forward(ctx context.Context, lead uint64, body []byte) (res write
 		}
 		return res, false, fmt.Errorf("%w: forward to leader %d: %v", ErrUnknownOutcome, lead, err)
 	}
-	if resp.Status == 503 && envelopeCode(resp.Body) == codeOf(ErrNotLeader) {
-		return res, true, nil
-	}
-	res = writeResult{forwarded: resp, index: resp.Index}
 	if resp.Status/100 != 2 {
+		err := decodeAnswer(resp, nil)
+		if errors.Is(err, ErrNotLeader) {
+			return res, true, nil // refused before proposing: try the next leader
+		}
 		// The leader's refusal (or unknown outcome), kept for the HTTP
 		// route to pass on unchanged.
-		return res, false, decodeAnswer(resp, nil)
+		return writeResult{forwarded: resp}, false, err
 	}
+	res = writeResult{forwarded: resp, index: resp.Index}
 	if resp.Index > 0 {
 		if err := n.applied.wait(ctx, resp.Index, n.stopc); err != nil {
 			return writeResult{}, false, fmt.Errorf("%w: committed at index %d but not yet applied here: %w",
@@ -276,13 +277,4 @@ func (n *Node) waitLeaderWhere(ctx context.Context, ok func(uint64) bool) (uint6
 			return 0, ErrStopped
 		}
 	}
-}
-
-// envelopeCode extracts the code of a JSON response envelope.
-func envelopeCode(b []byte) string {
-	var env struct {
-		Code string `json:"code"`
-	}
-	_ = json.Unmarshal(b, &env) // a body that is not an envelope has no code
-	return env.Code
 }

@@ -28,6 +28,23 @@ func echoServer(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// throughProxy starts an echo server behind a proxy and connects to it;
+// everything is closed when the test ends.
+func throughProxy(t *testing.T) (*Proxy, net.Conn, *bufio.Reader) {
+	t.Helper()
+	p, err := NewProxy(echoServer(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	c, err := net.Dial("tcp", p.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return p, c, bufio.NewReader(c)
+}
+
 func roundTrip(t *testing.T, c net.Conn, r *bufio.Reader, msg string, within time.Duration) (string, error) {
 	t.Helper()
 	_ = c.SetDeadline(time.Now().Add(within))
@@ -38,17 +55,7 @@ func roundTrip(t *testing.T, c net.Conn, r *bufio.Reader, msg string, within tim
 }
 
 func TestProxyBlackholeStallsAndHealResumesIntact(t *testing.T) {
-	p, err := NewProxy(echoServer(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	c, err := net.Dial("tcp", p.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
+	p, c, r := throughProxy(t)
 	if got, err := roundTrip(t, c, r, "one", 2*time.Second); err != nil || got != "one\n" {
 		t.Fatalf("before fault: %q %v", got, err)
 	}
@@ -65,17 +72,7 @@ func TestProxyBlackholeStallsAndHealResumesIntact(t *testing.T) {
 }
 
 func TestProxyDelayAndDrop(t *testing.T) {
-	p, err := NewProxy(echoServer(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	c, err := net.Dial("tcp", p.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	r := bufio.NewReader(c)
+	p, c, r := throughProxy(t)
 	p.SetDelay(50*time.Millisecond, 0)
 	start := time.Now()
 	if got, err := roundTrip(t, c, r, "slow", 2*time.Second); err != nil || got != "slow\n" {
