@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/subtle"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,6 +17,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.etcd.io/etcd/raft/v3"
+	"go.etcd.io/etcd/raft/v3/raftpb"
 
 	"github.com/embedraft/embedraft/transport"
 )
@@ -45,6 +45,7 @@ func writeJSON(w http.ResponseWriter, data interface{}, err error) {
 // peer transport once the node is in cluster mode (503 before).
 func (n *Node) routes() http.Handler {
 	r := chi.NewRouter()
+	r.Use(n.refuseWhenClosed)
 	r.Route("/raft/api", func(r chi.Router) {
 		r.Post("/set", n.handleSet)
 		r.Get("/status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, n.Status(), nil) })
@@ -55,12 +56,15 @@ func (n *Node) routes() http.Handler {
 	})
 	r.With(n.requireToken, n.requireCluster).Post(transport.ProposePath, n.handlePropose)
 	r.With(n.requireToken).Post(transport.JoinPath, n.handleAddNode)
+	r.With(n.requireToken).Get(transport.MembershipPath, func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, n.Membership(), nil)
+	})
 	peer := http.HandlerFunc(n.servePeer)
 	r.Handle("/raft", peer)
 	r.Handle("/raft/stream/*", peer)
-	r.Handle("/raft/snapshot", peer)
 	r.Handle("/raft/probing", peer)
-	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, "ok", n.Err()) })
+	r.Handle("/raft/snapshot", peer)
+	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, "ok", n.stopped()) })
 	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, n.Status(), n.ready()) })
 	r.Handle("/metrics", promhttp.Handler())
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
@@ -202,19 +206,31 @@ func (n *Node) decodeJSON(w http.ResponseWriter, r *http.Request, v interface{})
 	return nil
 }
 
-// maxPeerMessageBytes bounds one message on rafthttp's pipeline route (a
-// snapshot travels there as one message, so this is also the largest state
-// that can be replicated by snapshot). embedraft never uses rafthttp's
-// streaming /raft/snapshot route, whose length prefix rafthttp allocates
-// before reading, so that route gets a small bound.
-const (
-	maxPeerMessageBytes    = 1 << 30
-	maxSnapshotRouteHeader = 1 << 20
-)
+// maxSmallPeerMessageBytes bounds a message on rafthttp's pipeline route
+// that carries neither entries nor a snapshot (votes, heartbeats and their
+// answers, read index requests): a few hundred bytes in practice. Appends
+// and snapshots are bounded by Config.MaxSnapshotBytes.
+const maxSmallPeerMessageBytes = 64 << 10
+
+// refuseWhenClosed answers every route but the read-only ones with
+// ErrStopped once Close was called: closed means closed.
+func (n *Node) refuseWhenClosed(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.closed.Load() {
+			switch r.URL.Path {
+			case "/raft/api/status", "/raft/api/getPeerList", "/metrics", "/healthz", "/readyz":
+			default:
+				writeJSON(w, nil, fmt.Errorf("%w: node closed", ErrStopped))
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
 
 // servePeer hands rafthttp's routes to the peer transport, with limits
-// rafthttp lacks: a bounded body, and a snapshot length checked before
-// rafthttp allocates it.
+// rafthttp lacks: the token checked before anything is read, and a body
+// bounded by the largest message of its type that a member sends.
 func (n *Node) servePeer(w http.ResponseWriter, r *http.Request) {
 	tr := n.peerTr.Load()
 	if tr == nil || n.Mode() != ModeCluster {
@@ -224,7 +240,7 @@ func (n *Node) servePeer(w http.ResponseWriter, r *http.Request) {
 	// With a token, peers prove they hold it through the cluster id rafthttp
 	// sends on every request: see peerClusterID.
 	if n.cfg.Token != "" && r.URL.Path != "/raft/probing" &&
-		r.Header.Get("X-Etcd-Cluster-ID") != typesID(n.peerClusterID()).String() {
+		subtle.ConstantTimeCompare([]byte(r.Header.Get("X-Etcd-Cluster-ID")), []byte(typesID(n.peerClusterID()).String())) != 1 {
 		writeJSON(w, nil, fmt.Errorf("%w: peer request without the cluster token", ErrUnauthorized))
 		return
 	}
@@ -240,23 +256,35 @@ func (n *Node) servePeer(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, maxPeerMessageBytes+8)
-	if r.URL.Path == "/raft/snapshot" {
-		var hdr [8]byte
-		if _, err := io.ReadFull(r.Body, hdr[:]); err != nil {
-			writeJSON(w, nil, fmt.Errorf("%w: snapshot message: %v", ErrBadRequest, err))
-			return
-		}
-		if l := binary.BigEndian.Uint64(hdr[:]); l > maxSnapshotRouteHeader {
-			writeJSON(w, nil, fmt.Errorf("%w: snapshot message of %d bytes", ErrTooLarge, l))
-			return
-		}
-		r.Body = struct {
-			io.Reader
-			io.Closer
-		}{io.MultiReader(bytes.NewReader(hdr[:]), r.Body), r.Body}
+	switch {
+	case r.URL.Path == "/raft/snapshot":
+		// rafthttp's streaming snapshot route writes its body to a file
+		// before the message is checked; embedraft sends snapshots as one
+		// message on /raft, so the route is refused.
+		writeJSON(w, nil, fmt.Errorf("%w: embedraft does not use rafthttp's snapshot route", ErrNotFound))
+		return
+	case r.URL.Path == "/raft" && r.Method == http.MethodPost:
+		n.boundPipelineBody(w, r)
 	}
 	tr.Handler().ServeHTTP(w, r)
+}
+
+// boundPipelineBody limits a POST /raft body by the message's type, read
+// from its first two bytes (raftpb.Message is encoded with its type first:
+// field 1, a varint below 128), before rafthttp reads it into memory: only
+// appends and snapshots may be large. rafthttp then checks the headers and
+// decodes the message as usual.
+func (n *Node) boundPipelineBody(w http.ResponseWriter, r *http.Request) {
+	var hdr [2]byte
+	got, _ := io.ReadFull(r.Body, hdr[:])
+	limit := int64(maxSmallPeerMessageBytes)
+	if t := raftpb.MessageType(hdr[1]); got == 2 && hdr[0] == 0x08 && (t == raftpb.MsgApp || t == raftpb.MsgSnap) {
+		limit = n.cfg.MaxSnapshotBytes
+	}
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{io.MultiReader(bytes.NewReader(hdr[:got]), http.MaxBytesReader(w, r.Body, limit-int64(got))), r.Body}
 }
 
 // requireToken checks the cluster token ("Authorization: Bearer <token>")
@@ -293,7 +321,7 @@ func (n *Node) requireCluster(next http.Handler) http.Handler {
 // ready reports whether the node can serve writes: standalone, or in a
 // cluster with a known leader and applied up to the commit it knows of.
 func (n *Node) ready() error {
-	if err := n.Err(); err != nil {
+	if err := n.stopped(); err != nil {
 		return err
 	}
 	s := n.Status()
@@ -313,6 +341,9 @@ func (n *Node) ready() error {
 // TransferLeader asks the leader to hand leadership to member to and waits
 // until it has (or ctx ends).
 func (n *Node) TransferLeader(ctx context.Context, to uint64) error {
+	if err := n.stopped(); err != nil {
+		return err
+	}
 	if n.Mode() != ModeCluster {
 		return ErrNotCluster
 	}

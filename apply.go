@@ -3,8 +3,6 @@ package embedraft
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 
 	"go.etcd.io/etcd/raft/v3"
 	"go.etcd.io/etcd/raft/v3/raftpb"
@@ -84,6 +82,12 @@ func (a *applier) apply(b applyBatch) error {
 		a.appliedIndex = e.Index
 	}
 	n.applied.set(a.appliedIndex)
+	if a.appliedIndex > n.bootstrapIndex && n.voteGate.Load() {
+		// An entry past the bootstrap came from a leader this member
+		// accepted while caught up: it is a member with a log again.
+		n.voteGate.Store(false)
+		n.log.Info("caught up past the bootstrap entries; voting normally")
+	}
 	a.maybeSnapshot()
 	return nil
 }
@@ -119,6 +123,12 @@ func (a *applier) applyNormal(e *raftpb.Entry) error {
 		if env.Origin == n.id {
 			n.waits.trigger(env.ReqID, applyResult{index: e.Index})
 		}
+	case kindStarted:
+		ids, err := unmarshalIDs(env.Payload)
+		if err != nil {
+			return fmt.Errorf("%w: entry %d: %v", ErrStorage, e.Index, err)
+		}
+		n.reg.markStarted(ids)
 	}
 	return nil
 }
@@ -131,6 +141,7 @@ func (a *applier) applyConfChange(index uint64, cc raftpb.ConfChangeV2) {
 	}
 	var ctx confContext
 	if json.Unmarshal(cc.Context, &ctx) == nil && ctx.Origin == n.id && ctx.Req != 0 {
+		n.conf.applied(ctx.Req)
 		defer n.waits.trigger(ctx.Req, applyResult{index: index})
 	}
 	n.log.Info("membership changed", "index", index, "change", cc.String(), "voters", a.confState.Voters,
@@ -192,6 +203,9 @@ func (n *Node) syncTransportPeers() {
 	}
 }
 
+// writeRemovedMarker records the removal durably: without it a restart
+// would replay its own removal from the log, which restartRaft also
+// handles, but the marker keeps a removed node from ever starting raft.
 func writeRemovedMarker(dataDir string) error {
-	return os.WriteFile(filepath.Join(dataDir, removedMarker), []byte("removed\n"), 0o640)
+	return writeDurableFile(dataDir, removedMarker, []byte("removed\n"))
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"go.etcd.io/etcd/raft/v3/raftpb"
 )
 
 // Every raft entry the library writes is an envelope, so that the apply
@@ -23,7 +25,14 @@ const (
 	kindPropose entryKind = 1 // payload goes to IService.Commit
 	kindInit    entryKind = 2 // payload goes to IService.ResetSnap (switchover)
 	kindNoop    entryKind = 3 // nothing to apply (barriers)
+	// kindStarted records that members have a log (payload: uvarint ids):
+	// a member that has acknowledged entries must never come back under
+	// its id with an empty data directory.
+	kindStarted entryKind = 4
 )
+
+// maxKind is the highest entry kind this version understands.
+const maxKind = kindStarted
 
 type entryEnvelope struct {
 	Kind    entryKind
@@ -51,7 +60,7 @@ func unmarshalEntry(b []byte) (entryEnvelope, error) {
 		return e, fmt.Errorf("%w: version %d", errBadEnvelope, b[0])
 	}
 	e.Kind = entryKind(b[1])
-	if e.Kind < kindPropose || e.Kind > kindNoop {
+	if e.Kind < kindPropose || e.Kind > maxKind {
 		return e, fmt.Errorf("%w: kind %d", errBadEnvelope, b[1])
 	}
 	rest := b[2:]
@@ -110,4 +119,93 @@ type confContext struct {
 func (c confContext) marshal() []byte {
 	b, _ := json.Marshal(c) // a struct of an int and a string always encodes
 	return b
+}
+
+// marshalIDs and unmarshalIDs encode the member ids of a kindStarted entry.
+func marshalIDs(ids []uint64) []byte {
+	buf := binary.AppendUvarint(nil, uint64(len(ids)))
+	for _, id := range ids {
+		buf = binary.AppendUvarint(buf, id)
+	}
+	return buf
+}
+
+func unmarshalIDs(b []byte) ([]uint64, error) {
+	n, l := binary.Uvarint(b)
+	if l <= 0 || n > uint64(len(b)) {
+		return nil, fmt.Errorf("%w: id count", errBadEnvelope)
+	}
+	b = b[l:]
+	ids := make([]uint64, 0, n)
+	for range n {
+		id, l := binary.Uvarint(b)
+		if l <= 0 || id == 0 || id > MaxMemberID {
+			return nil, fmt.Errorf("%w: member id", errBadEnvelope)
+		}
+		ids = append(ids, id)
+		b = b[l:]
+	}
+	if len(b) != 0 {
+		return nil, fmt.Errorf("%w: trailing bytes after ids", errBadEnvelope)
+	}
+	return ids, nil
+}
+
+// checkEntry reports why an entry from a peer could not be applied here
+// (nil when it could): the apply side stops the node on an entry it cannot
+// decode, so a peer message must not get one into the log.
+func checkEntry(e raftpb.Entry) error {
+	switch e.Type {
+	case raftpb.EntryNormal:
+		if len(e.Data) == 0 {
+			return nil
+		}
+		env, err := unmarshalEntry(e.Data)
+		if err == nil && env.Kind == kindStarted {
+			_, err = unmarshalIDs(env.Payload)
+		}
+		return err
+	case raftpb.EntryConfChange:
+		var cc raftpb.ConfChange
+		if err := cc.Unmarshal(e.Data); err != nil {
+			return fmt.Errorf("membership change: %w", err)
+		}
+		return checkConfChange(cc.AsV2())
+	case raftpb.EntryConfChangeV2:
+		var cc raftpb.ConfChangeV2
+		if err := cc.Unmarshal(e.Data); err != nil {
+			return fmt.Errorf("membership change: %w", err)
+		}
+		return checkConfChange(cc)
+	default:
+		return fmt.Errorf("entry type %d", e.Type)
+	}
+}
+
+// checkConfChange accepts only the membership changes embedraft proposes:
+// one simple change of a valid member id, with a context naming it.
+// raft panics applying some others (leaving a joint config it is not in).
+func checkConfChange(cc raftpb.ConfChangeV2) error {
+	if len(cc.Changes) != 1 || cc.Transition != raftpb.ConfChangeTransitionAuto {
+		return errors.New("membership change: not a single simple change")
+	}
+	ch := cc.Changes[0]
+	switch ch.Type {
+	case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode, raftpb.ConfChangeRemoveNode:
+	default:
+		return fmt.Errorf("membership change: type %v", ch.Type)
+	}
+	if ch.NodeID == 0 || ch.NodeID > MaxMemberID {
+		return fmt.Errorf("membership change: member id %d", ch.NodeID)
+	}
+	if len(cc.Context) > 0 {
+		var ctx confContext
+		if err := json.Unmarshal(cc.Context, &ctx); err != nil {
+			return fmt.Errorf("membership change context: %w", err)
+		}
+		if ctx.Addr != "" && checkURL(ctx.Addr) != nil {
+			return fmt.Errorf("membership change context: address %q", ctx.Addr)
+		}
+	}
+	return nil
 }

@@ -18,17 +18,18 @@ const MaxMemberID = 1 << 62
 
 // Defaults used for zero Config fields.
 const (
-	DefaultSnapshotCount   = 10000
-	DefaultCatchUpEntries  = 5000
-	DefaultTickInterval    = 100 * time.Millisecond
-	DefaultElectionTicks   = 10
-	DefaultHeartbeatTicks  = 1
-	DefaultMaxRequestBytes = 1536 * 1024
-	DefaultLeaderWait      = 3 * time.Second
-	DefaultForwardTimeout  = 10 * time.Second
-	DefaultMaxSnapFiles    = 5
-	DefaultMaxWALFiles     = 5
-	DefaultJoinTimeout     = 60 * time.Second
+	DefaultSnapshotCount    = 10000
+	DefaultCatchUpEntries   = 5000
+	DefaultTickInterval     = 100 * time.Millisecond
+	DefaultElectionTicks    = 10
+	DefaultHeartbeatTicks   = 1
+	DefaultMaxRequestBytes  = 1536 * 1024
+	DefaultLeaderWait       = 3 * time.Second
+	DefaultForwardTimeout   = 10 * time.Second
+	DefaultMaxSnapFiles     = 5
+	DefaultMaxWALFiles      = 5
+	DefaultJoinTimeout      = 60 * time.Second
+	DefaultMaxSnapshotBytes = 512 << 20
 )
 
 // Config configures a Node. It is a value: zero fields mean the documented
@@ -94,6 +95,13 @@ type Config struct {
 	// MaxRequestBytes bounds a write's body. Default 1.5 MiB.
 	MaxRequestBytes int64
 
+	// MaxSnapshotBytes bounds the largest message a peer may send this
+	// node: a snapshot (the service's whole state and the membership, sent
+	// as one message) or an append carrying a switchover's init entry.
+	// Larger state cannot be replicated to a new or lagging member. Other
+	// peer messages are bounded at 64 KiB. Default 512 MiB.
+	MaxSnapshotBytes int64
+
 	// LeaderWait bounds how long a write waits for a leader to be known
 	// before it fails with ErrNoLeader. Default 3s.
 	LeaderWait time.Duration
@@ -130,6 +138,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxRequestBytes == 0 {
 		c.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if c.MaxSnapshotBytes == 0 {
+		c.MaxSnapshotBytes = DefaultMaxSnapshotBytes
 	}
 	if c.LeaderWait == 0 {
 		c.LeaderWait = DefaultLeaderWait
@@ -210,6 +221,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxRequestBytes < 0 {
 		bad("MaxRequestBytes must be positive")
+	}
+	if c.MaxSnapshotBytes < 0 || (c.MaxSnapshotBytes > 0 && c.MaxSnapshotBytes < 2*c.MaxRequestBytes) {
+		bad("MaxSnapshotBytes (%d) must be at least twice MaxRequestBytes (%d)", c.MaxSnapshotBytes, c.MaxRequestBytes)
 	}
 	if c.LeaderWait < 0 || c.ForwardTimeout < 0 {
 		bad("LeaderWait and ForwardTimeout must be positive")

@@ -128,6 +128,7 @@ var errorCodes = []struct {
 	{ErrRemoved, "removed"},
 	{ErrNotFound, "not_found"},
 	{ErrChangeInFlight, "change_in_flight"},
+	{ErrMemberDataLost, "data_lost"},
 	{ErrConflict, "conflict"},
 	{ErrUnauthorized, "unauthorized"},
 	{ErrWrongCluster, "wrong_cluster"},
@@ -141,6 +142,14 @@ var errorCodes = []struct {
 // ErrWrongCluster is returned by peer routes to a request from a node of
 // another cluster.
 var ErrWrongCluster = errors.New("embedraft: wrong cluster")
+
+// ErrMemberDataLost is returned (HTTP 409) when a member that already had a
+// log in its cluster comes back with an empty data directory: by New for a
+// static member, by AddMember to a join from the address of such a member,
+// and it stops a member that finds out later. Recover by removing the
+// member (RemoveMember, POST /raft/api/deleteNode) and joining again with an
+// empty data directory: it becomes a new member with a new id.
+var ErrMemberDataLost = fmt.Errorf("%w: this member's data was lost", ErrConflict)
 
 // ErrChangeInFlight is returned by AddMember and RemoveMember (HTTP 409)
 // while another membership change is being made; retry later.

@@ -36,6 +36,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -199,6 +200,14 @@ func (h *fuzzCluster) settle(t *testing.T) *clusterView {
 			}
 			if s.State == "leader" {
 				v.leader, v.term = m.ID, s.Term
+			}
+			// The leader records voters as started through the log: wait
+			// for that entry, which is no input's doing.
+			mv := m.Node.Membership()
+			for _, p := range mv.Members {
+				if p.Role == embedraft.RoleVoter && !slices.Contains(mv.Started, p.ID) {
+					return fmt.Errorf("member %d does not yet record voter %d as started", m.ID, p.ID)
+				}
 			}
 		}
 		if v.leader == 0 {

@@ -57,6 +57,9 @@ type RemoveRequest struct {
 // fails with ErrChangeInFlight.
 func (n *Node) AddMember(ctx context.Context, req JoinRequest) (JoinResponse, error) {
 	var resp JoinResponse
+	if err := n.stopped(); err != nil {
+		return resp, err
+	}
 	req.Addr = strings.TrimSuffix(req.Addr, "/")
 	if err := checkURL(req.Addr); err != nil {
 		return resp, fmt.Errorf("%w: addr: %v", ErrBadRequest, err)
@@ -71,7 +74,7 @@ func (n *Node) AddMember(ctx context.Context, req JoinRequest) (JoinResponse, er
 		// Refuse what would be refused after the switch before switching:
 		// a rejected request must leave the node as it was.
 		self := map[uint64]NodeInfo{n.id: {ID: n.id, Addr: n.cfg.AdvertiseURL, Role: RoleVoter}}
-		if _, _, err := checkNewMember(req, self, nil, n.id); err != nil {
+		if _, _, err := checkNewMember(req, membershipState{Members: self, MaxID: n.id, Started: []uint64{n.id}}); err != nil {
 			return resp, err
 		}
 		if err := n.switchToCluster(); err != nil {
@@ -91,6 +94,9 @@ func (n *Node) AddMember(ctx context.Context, req JoinRequest) (JoinResponse, er
 // it hand leadership to another voter first. The removed node stops and
 // never comes back under that id. Unknown ids fail with ErrNotFound.
 func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
+	if err := n.stopped(); err != nil {
+		return err
+	}
 	if n.Mode() == ModeStandalone {
 		if id == n.id {
 			return fmt.Errorf("%w: cannot remove the only node", ErrConflict)
@@ -190,42 +196,50 @@ func decodeAnswer(resp *transport.Response, out interface{}) error {
 	return nil
 }
 
-// addMemberLocal runs AddMember on the leader.
+// addMemberLocal runs AddMember on the leader. The id is decided only once
+// every earlier membership change is applied, from the applied membership,
+// so two adds never get the same id.
 func (n *Node) addMemberLocal(ctx context.Context, req JoinRequest) (JoinResponse, error) {
 	if req.ClusterID != "" && req.ClusterID != strconv.FormatUint(n.clusterID.Load(), 16) {
 		return JoinResponse{}, fmt.Errorf("%w: cluster %s, this is cluster %x", ErrWrongCluster, req.ClusterID, n.clusterID.Load())
 	}
-	if !n.confBusy.CompareAndSwap(false, true) {
-		return JoinResponse{}, ErrChangeInFlight
-	}
-	defer n.confBusy.Store(false)
-	id, existing, err := checkNewMember(req, n.reg.members(), n.reg.removedIDs(), n.reg.maxID())
+	var id uint64
+	err := n.changeMembership(ctx, func() (raftpb.ConfChange, string, error) {
+		var existing bool
+		var err error
+		id, existing, err = checkNewMember(req, n.reg.state())
+		if err != nil || existing {
+			return raftpb.ConfChange{}, "", err // already a member: joining is idempotent
+		}
+		return raftpb.ConfChange{Type: raftpb.ConfChangeAddLearnerNode, NodeID: id}, req.Addr, nil
+	})
 	if err != nil {
 		return JoinResponse{}, err
 	}
-	if existing {
-		return n.joinResponse(id), nil // already a member: joining is idempotent
-	}
-	cc := raftpb.ConfChange{Type: raftpb.ConfChangeAddLearnerNode, NodeID: id}
-	if err := n.proposeConfChange(ctx, cc, req.Addr); err != nil {
-		return JoinResponse{}, err
-	}
-	n.log.Info("added learner", "id", id, "addr", req.Addr)
 	return n.joinResponse(id), nil
 }
 
 // checkNewMember decides a join request against a membership: the id the
 // member gets, whether it is already a member (joining is idempotent per
-// address), or why it is refused. Ids are never reused.
-func checkNewMember(req JoinRequest, members map[uint64]NodeInfo, removed []uint64, maxID uint64) (uint64, bool, error) {
+// address, for a member that never had a log), or why it is refused. Ids
+// are never reused.
+func checkNewMember(req JoinRequest, st membershipState) (uint64, bool, error) {
+	members, removed, maxID := st.Members, st.Removed, st.MaxID
 	for _, m := range members {
 		if m.Addr != req.Addr {
 			continue
 		}
-		if req.ID == 0 || req.ID == m.ID {
-			return m.ID, true, nil
+		if req.ID != 0 && req.ID != m.ID {
+			return 0, false, fmt.Errorf("%w: %s is already member %d", ErrConflict, req.Addr, m.ID)
 		}
-		return 0, false, fmt.Errorf("%w: %s is already member %d", ErrConflict, req.Addr, m.ID)
+		if containsID(st.Started, m.ID) {
+			// The member had a log; a node asking to join has none. Giving
+			// it the id back would make a voter that forgot its log.
+			return 0, false, fmt.Errorf("%w: %s is member %d, which already has a log in this cluster, and a "+
+				"joining node has an empty data directory; remove member %d (POST /raft/api/deleteNode "+
+				"{\"id\":%d}) and join again", ErrMemberDataLost, req.Addr, m.ID, m.ID, m.ID)
+		}
+		return m.ID, true, nil
 	}
 	switch m, inUse := members[req.ID]; {
 	case req.ID == 0:
@@ -251,38 +265,100 @@ func (n *Node) removeMemberLocal(ctx context.Context, id uint64) error {
 		}
 		return fmt.Errorf("%w: no member %d", ErrNotFound, id)
 	}
+	if err := n.waitQuorumAfterRemoval(ctx, id); err != nil {
+		return err
+	}
 	if id == n.id {
 		return n.stepDownFor(ctx)
 	}
-	if !n.confBusy.CompareAndSwap(false, true) {
-		return ErrChangeInFlight
+	return n.changeMembership(ctx, func() (raftpb.ConfChange, string, error) {
+		m, ok := n.reg.member(id)
+		if !ok {
+			return raftpb.ConfChange{}, "", fmt.Errorf("%w: no member %d", ErrNotFound, id)
+		}
+		if err := n.checkQuorumAfterRemoval(id); err != nil {
+			return raftpb.ConfChange{}, "", err
+		}
+		return raftpb.ConfChange{Type: raftpb.ConfChangeRemoveNode, NodeID: id}, m.Addr, nil
+	})
+}
+
+// peerActive reports whether the leader currently hears from voter id: its
+// peer stream is up and raft is replicating to it. A member that was just
+// killed fails both within a heartbeat or two.
+func (n *Node) peerActive(id uint64, pr tracker.Progress) bool {
+	if id == n.id {
+		return true
 	}
-	defer n.confBusy.Store(false)
-	m, ok := n.reg.member(id)
-	if !ok {
-		return fmt.Errorf("%w: no member %d", ErrNotFound, id)
+	tr := n.peerTr.Load()
+	return tr != nil && !tr.ActiveSince(typesID(id)).IsZero() && pr.State == tracker.StateReplicate
+}
+
+// checkQuorumAfterRemoval refuses (ErrConflict) to remove member id when
+// the voters left would not include a quorum of live ones: the cluster
+// would have no leader until a dead voter came back (etcd's
+// StrictReconfigCheck).
+func (n *Node) checkQuorumAfterRemoval(id uint64) error {
+	st := n.rn.Status()
+	voters, live := 0, 0
+	for vid, pr := range st.Progress {
+		if pr.IsLearner || vid == id {
+			continue
+		}
+		voters++
+		if n.peerActive(vid, pr) {
+			live++
+		}
 	}
-	cc := raftpb.ConfChange{Type: raftpb.ConfChangeRemoveNode, NodeID: id}
-	if err := n.proposeConfChange(ctx, cc, m.Addr); err != nil {
-		return err
+	if voters == 0 {
+		return fmt.Errorf("%w: cannot remove the only voter", ErrConflict)
 	}
-	n.log.Info("removed member", "id", id, "addr", m.Addr)
+	if live < voters/2+1 {
+		return fmt.Errorf("%w: removing member %d would leave %d voters of which only %d are reachable, "+
+			"fewer than the %d a quorum needs; bring the down members back (or remove them) first",
+			ErrConflict, id, voters, live, voters/2+1)
+	}
 	return nil
 }
 
-// stepDownFor hands leadership to the most up-to-date other voter so that
-// it can remove this node, then reports ErrNotLeader so the caller forwards
-// the removal to the new leader.
+// waitQuorumAfterRemoval runs checkQuorumAfterRemoval until it passes, for
+// at most an election timeout: right after an election, or after a peer
+// reconnected, the leader needs a heartbeat or two to see its peers active.
+func (n *Node) waitQuorumAfterRemoval(ctx context.Context, id uint64) error {
+	deadline := time.Now().Add(time.Duration(n.cfg.ElectionTicks) * n.cfg.TickInterval)
+	t := time.NewTicker(n.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		err := n.checkQuorumAfterRemoval(id)
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return err
+		case <-n.stopc:
+			return ErrStopped
+		}
+	}
+}
+
+// stepDownFor hands leadership to the most up-to-date live voter so that it
+// can remove this node, then reports ErrNotLeader so the caller forwards the
+// removal to the new leader. A voter that is down is never chosen.
 func (n *Node) stepDownFor(ctx context.Context) error {
 	st := n.rn.Status()
+	if st.RaftState != raft.StateLeader {
+		return ErrNotLeader
+	}
 	var to, best uint64
 	for id, pr := range st.Progress {
-		if id != n.id && !pr.IsLearner && (to == 0 || pr.Match > best) {
+		if id != n.id && !pr.IsLearner && n.peerActive(id, pr) && (to == 0 || pr.Match > best) {
 			to, best = id, pr.Match
 		}
 	}
 	if to == 0 {
-		return fmt.Errorf("%w: cannot remove the only voter", ErrConflict)
+		return fmt.Errorf("%w: no live voter to hand leadership to before removing this node", ErrConflict)
 	}
 	n.log.Info("transferring leadership before removing this node", "to", to)
 	n.rn.TransferLeadership(ctx, n.id, to)
@@ -292,31 +368,60 @@ func (n *Node) stepDownFor(ctx context.Context) error {
 	return ErrNotLeader
 }
 
-// proposeConfChange proposes a membership change with this node's context
-// and waits until it is applied here. The caller holds confBusy.
-func (n *Node) proposeConfChange(ctx context.Context, cc raftpb.ConfChange, addr string) error {
+// changeMembership makes one membership change on the leader: it takes the
+// gate (ErrChangeInFlight if another change is in flight), waits until every
+// earlier change is applied, then lets decide choose the change from the
+// applied membership (a zero change means nothing to do), proposes it, and
+// waits until it is applied here.
+func (n *Node) changeMembership(ctx context.Context, decide func() (raftpb.ConfChange, string, error)) error {
+	term := n.rn.Status().Term
+	logApplied := func() bool {
+		last, err := n.storage.LastIndex()
+		return err == nil && n.rn.Status().Applied >= last
+	}
+	if !n.conf.acquire(term, logApplied) {
+		return ErrChangeInFlight
+	}
+	var pending uint64
+	defer func() { n.conf.release(pending, term) }()
 	if err := n.waitConfReady(ctx); err != nil {
 		return err
 	}
+	cc, addr, err := decide()
+	if err != nil || (cc.NodeID == 0 && cc.Type == 0) {
+		return err
+	}
+	pending, err = n.proposeConfChange(ctx, cc, addr)
+	if err == nil {
+		n.log.Info("membership change applied", "change", cc.Type.String(), "id", cc.NodeID, "addr", addr)
+	}
+	return err
+}
+
+// proposeConfChange proposes a membership change with this node's context
+// and waits until it is applied here. The caller holds the conf gate and has
+// waited for waitConfReady. pending is the change's request id when its
+// outcome is unknown (it may still be applied), else 0.
+func (n *Node) proposeConfChange(ctx context.Context, cc raftpb.ConfChange, addr string) (pending uint64, err error) {
 	reqID := n.reqSeq.Add(1)
 	cc.Context = confContext{ID: cc.NodeID, Addr: addr, Req: reqID, Origin: n.id}.marshal()
 	wait := n.waits.register(reqID)
 	if err := n.rn.ProposeConfChange(ctx, cc); err != nil {
 		n.waits.cancel(reqID)
 		if errors.Is(err, raft.ErrProposalDropped) {
-			return ErrNotLeader
+			return 0, ErrNotLeader
 		}
-		return fmt.Errorf("%w: propose membership change: %w", ErrUnknownOutcome, err)
+		return reqID, fmt.Errorf("%w: propose membership change: %w", ErrUnknownOutcome, err)
 	}
 	select {
 	case <-wait:
-		return nil
+		return 0, nil
 	case <-ctx.Done():
 		n.waits.cancel(reqID)
-		return fmt.Errorf("%w: membership change: %w", ErrUnknownOutcome, ctx.Err())
+		return reqID, fmt.Errorf("%w: membership change: %w", ErrUnknownOutcome, ctx.Err())
 	case <-n.stopc:
 		n.waits.cancel(reqID)
-		return fmt.Errorf("%w: %w", ErrUnknownOutcome, ErrStopped)
+		return reqID, fmt.Errorf("%w: %w", ErrUnknownOutcome, ErrStopped)
 	}
 }
 
@@ -362,6 +467,7 @@ func (n *Node) promoteLoop() {
 		case <-n.stopc:
 			return
 		case <-t.C:
+			n.proposeStarted()
 			n.promoteCaughtUpLearner()
 		}
 	}
@@ -380,14 +486,18 @@ func (n *Node) promoteCaughtUpLearner() {
 		if !pr.IsLearner || !pr.RecentActive || pr.State != tracker.StateReplicate || pr.Match*10 < self.Match*9 {
 			continue
 		}
-		m, ok := n.reg.member(id)
-		if !ok || !n.confBusy.CompareAndSwap(false, true) {
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ForwardTimeout)
+		err := n.changeMembership(ctx, func() (raftpb.ConfChange, string, error) {
+			m, ok := n.reg.member(id)
+			if !ok || m.Role != RoleLearner {
+				return raftpb.ConfChange{}, "", nil // removed or promoted meanwhile
+			}
+			return raftpb.ConfChange{Type: raftpb.ConfChangeAddNode, NodeID: id}, m.Addr, nil
+		})
+		cancel()
+		if errors.Is(err, ErrChangeInFlight) {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ForwardTimeout)
-		err := n.proposeConfChange(ctx, raftpb.ConfChange{Type: raftpb.ConfChangeAddNode, NodeID: id}, m.Addr)
-		cancel()
-		n.confBusy.Store(false)
 		if err != nil {
 			n.log.Warn("promote learner", "id", id, "err", err)
 		} else {
@@ -404,6 +514,9 @@ func (n *Node) promoteCaughtUpLearner() {
 func (n *Node) switchToCluster() error {
 	n.switchMu.Lock()
 	defer n.switchMu.Unlock()
+	if err := n.stopped(); err != nil {
+		return err
+	}
 	if n.Mode() != ModeStandalone {
 		return nil
 	}

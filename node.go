@@ -89,11 +89,26 @@ type Node struct {
 	leaderSig *indexNotifier // bumped on every leader change
 
 	// membership changes: at most one in flight (on the leader); switchMu
-	// serializes the standalone-to-cluster switch.
-	confBusy atomic.Bool
+	// serializes the standalone-to-cluster switch, and release takes it so
+	// that it never reads the cluster-mode fields while a switch sets them.
+	conf     confGate
 	switchMu sync.Mutex
 
+	// voteGate is set on a member that bootstrapped a static cluster with
+	// an empty data directory without any peer confirming it is new: until
+	// it has applied an entry past bootstrapIndex it votes only for
+	// candidates with a fresh log, because it may be a member whose data
+	// was wiped (it would otherwise vote for a stale candidate).
+	voteGate       atomic.Bool
+	bootstrapIndex uint64
+	// standaloneMarked is set once DataDir records that this node has
+	// applied writes in standalone mode (see markStandaloneWrite).
+	standaloneMarked atomic.Bool
+	// starter is the leader's record of its last kindStarted proposal.
+	starter startedProposer
+
 	stopc     chan struct{} // closed to stop every goroutine
+	closed    atomic.Bool   // Close was called: every route and method refuses
 	stopOnce  sync.Once
 	loops     sync.WaitGroup
 	done      chan struct{} // closed when everything is released
@@ -151,7 +166,10 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		stopc:     make(chan struct{}),
 		done:      make(chan struct{}),
 	}
-	n.reqSeq.Store(uint64(time.Now().UnixNano()))
+	// Request ids start at a random point, not the clock: ids of entries
+	// proposed before a restart are still in the log, and a clock stepped
+	// back would repeat them (waking the wrong waiter).
+	n.reqSeq.Store(randomUint64() >> 1)
 	n.mode.Store(ModeStandalone)
 	n.setLogger()
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
@@ -160,6 +178,7 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 	if _, err := os.Stat(filepath.Join(cfg.DataDir, removedMarker)); err == nil {
 		n.mode.Store(ModeRemoved)
 	}
+	n.standaloneMarked.Store(hasStandaloneWrites(cfg.DataDir))
 	var rec recovered
 	var disk *diskStorage
 	var joined *JoinResponse
@@ -177,10 +196,26 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		n.id = rec.meta.NodeID
 		n.clusterID.Store(rec.meta.ClusterID)
 	case cfg.Join != "" && n.Mode() != ModeRemoved:
+		if n.standaloneMarked.Load() {
+			return nil, fmt.Errorf("%w: data dir %s holds writes made in standalone mode; joining another cluster "+
+				"would discard them: let the other nodes join this one instead, or use an empty data dir",
+				ErrInvalidConfig, cfg.DataDir)
+		}
 		var err error
 		if joined, err = n.requestJoin(ctx); err != nil {
 			return nil, err
 		}
+	case len(cfg.Peers) > 0 && n.Mode() != ModeRemoved:
+		if n.standaloneMarked.Load() {
+			return nil, fmt.Errorf("%w: data dir %s holds writes made in standalone mode; a static bootstrap "+
+				"would start the cluster without them: start this node alone with Cluster (-cluster) or let the "+
+				"others join it, or use an empty data dir", ErrInvalidConfig, cfg.DataDir)
+		}
+		confirmed, err := n.checkStaticMember(ctx)
+		if err != nil {
+			return nil, err
+		}
+		n.voteGate.Store(!confirmed)
 	}
 	n.setLogger()
 	n.fwd = transport.NewForwarder(n.id, cfg.Token, cfg.ForwardTimeout)
@@ -200,7 +235,12 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 	case joined != nil:
 		err = n.startJoined(joined)
 	case len(cfg.Peers) > 0:
+		n.bootstrapIndex = uint64(len(cfg.Peers))
 		err = n.bootstrapRaft(cfg.Peers, staticClusterID(cfg.Peers))
+	case cfg.Cluster && n.standaloneMarked.Load():
+		// Standalone writes live in the service: carry them into the
+		// cluster exactly as a switchover does.
+		err = n.switchToCluster()
 	case cfg.Cluster:
 		if err = n.bootstrapRaft(map[uint64]string{n.id: cfg.AdvertiseURL}, randomClusterID()); err == nil {
 			err = n.campaignAlone(ctx)
@@ -265,13 +305,17 @@ func staticClusterID(peers map[uint64]string) uint64 {
 }
 
 func randomClusterID() uint64 {
-	var b [8]byte
 	for {
-		_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
-		if id := binary.BigEndian.Uint64(b[:]); id != 0 {
+		if id := randomUint64(); id != 0 {
 			return id
 		}
 	}
+}
+
+func randomUint64() uint64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
+	return binary.BigEndian.Uint64(b[:])
 }
 
 func (n *Node) raftConfig(storage *raft.MemoryStorage) *raft.Config {
@@ -349,6 +393,12 @@ func (n *Node) restartRaft(disk *diskStorage, rec recovered) error {
 	if err := n.applied.wait(context.Background(), rec.hardState.Commit, n.stopc); err != nil {
 		if ferr := n.Err(); ferr != nil {
 			return ferr
+		}
+		if n.Mode() == ModeRemoved {
+			// The log holds this node's own removal (its REMOVED marker was
+			// lost): it starts in removed mode, as with the marker.
+			n.log.Warn("replayed this node's removal; serving status only")
+			return nil
 		}
 		return err
 	}
@@ -471,6 +521,24 @@ func (n *Node) Mode() string { return n.mode.Load().(string) }
 // routes. Mount it at the root of the router that AdvertiseURL reaches.
 func (n *Node) Handler() http.Handler { return n.handler }
 
+// stopped reports whether the node was closed or stopped by an error:
+// every method and route then refuses with ErrStopped (a removed node
+// keeps answering its status).
+func (n *Node) stopped() error {
+	if n.closed.Load() {
+		return ErrStopped
+	}
+	if err := n.Err(); err != nil {
+		return fmt.Errorf("%w: %w", ErrStopped, err)
+	}
+	return nil
+}
+
+// Done is closed when the node stops: after Close, a fatal error (see Err),
+// or its removal from the cluster (Mode then reports ModeRemoved, and the
+// handler still answers status routes).
+func (n *Node) Done() <-chan struct{} { return n.stopc }
+
 // Err returns the error that stopped the node, if any.
 func (n *Node) Err() error {
 	n.failMu.Lock()
@@ -502,6 +570,10 @@ func (n *Node) stop(err error) {
 // release waits for the loops and frees everything they used. It runs once.
 func (n *Node) release() {
 	n.closeOnce.Do(func() {
+		// A switchover sets the cluster-mode fields under switchMu; it
+		// checks stopc before it starts anything.
+		n.switchMu.Lock()
+		defer n.switchMu.Unlock()
 		n.loops.Wait()
 		if n.rn != nil {
 			n.rn.Stop()
@@ -527,6 +599,7 @@ func (n *Node) release() {
 // Close stops the node and every goroutine it started, waiting at most
 // until ctx ends. The data directory is left as it is.
 func (n *Node) Close(ctx context.Context) error {
+	n.closed.Store(true)
 	n.stop(nil)
 	select {
 	case <-n.done:

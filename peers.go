@@ -28,6 +28,10 @@ type membershipState struct {
 	Removed []uint64            `json:"removed,omitempty"`
 	// MaxID is the highest member id ever used; new ids come after it.
 	MaxID uint64 `json:"max_id"`
+	// Started lists the members known to have a log (they acknowledged
+	// entries): such a member that comes back with an empty data directory
+	// has lost data that may be needed for a quorum, and is refused.
+	Started []uint64 `json:"started,omitempty"`
 }
 
 // registry guards the membership state. The apply goroutine writes it;
@@ -67,6 +71,7 @@ func (r *registry) applyConfChange(cc raftpb.ConfChangeV2) error {
 			r.st.Members[id] = info
 		case raftpb.ConfChangeRemoveNode:
 			delete(r.st.Members, id)
+			r.st.Started = removeID(r.st.Started, id)
 			if !containsID(r.st.Removed, id) {
 				r.st.Removed = append(r.st.Removed, id)
 			}
@@ -143,4 +148,48 @@ func (r *registry) maxID() uint64 {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	return r.st.MaxID
+}
+
+// markStarted records that the given members have a log. Ids that are not
+// members (any more) are ignored, so every node records the same set.
+func (r *registry) markStarted(ids []uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, id := range ids {
+		if _, ok := r.st.Members[id]; ok && !containsID(r.st.Started, id) {
+			r.st.Started = append(r.st.Started, id)
+		}
+	}
+}
+
+func (r *registry) isStarted(id uint64) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return containsID(r.st.Started, id)
+}
+
+// state returns a copy of the membership state.
+func (r *registry) state() membershipState {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	st := membershipState{
+		Members: make(map[uint64]NodeInfo, len(r.st.Members)),
+		Removed: append([]uint64(nil), r.st.Removed...),
+		MaxID:   r.st.MaxID,
+		Started: append([]uint64(nil), r.st.Started...),
+	}
+	for id, m := range r.st.Members {
+		st.Members[id] = m
+	}
+	return st
+}
+
+func removeID(ids []uint64, id uint64) []uint64 {
+	out := ids[:0]
+	for _, x := range ids {
+		if x != id {
+			out = append(out, x)
+		}
+	}
+	return out
 }

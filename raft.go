@@ -10,7 +10,9 @@ import (
 
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/etcd/raft/v3"
+	"go.etcd.io/etcd/raft/v3/confchange"
 	"go.etcd.io/etcd/raft/v3/raftpb"
+	"go.etcd.io/etcd/raft/v3/tracker"
 )
 
 func typesID(id uint64) types.ID { return types.ID(id) }
@@ -200,7 +202,8 @@ func (n *Node) checkPeerMessage(m raftpb.Message) string {
 	if tr := n.peerTr.Load(); tr == nil || tr.Get(typesID(m.From)) == nil {
 		return "sender is not a peer"
 	}
-	if m.Type == raftpb.MsgSnap {
+	switch m.Type {
+	case raftpb.MsgSnap:
 		members, _, err := unmarshalSnapshot(m.Snapshot.Data)
 		if err == nil {
 			err = newRegistry().restore(members)
@@ -208,13 +211,34 @@ func (n *Node) checkPeerMessage(m raftpb.Message) string {
 		if err != nil {
 			return "snapshot is not embedraft's: " + err.Error()
 		}
-	}
-	if m.Type != raftpb.MsgApp {
-		return "" // only appends carry log entries (a read index carries its context)
-	}
-	for _, e := range m.Entries {
-		if e.Type == raftpb.EntryNormal && len(e.Data) > 0 {
-			if _, err := unmarshalEntry(e.Data); err != nil {
+		// raft panics restoring a configuration it cannot build.
+		if _, _, err := confchange.Restore(confchange.Changer{
+			Tracker: tracker.MakeProgressTracker(1), LastIndex: m.Snapshot.Metadata.Index,
+		}, m.Snapshot.Metadata.ConfState); err != nil {
+			return "snapshot configuration: " + err.Error()
+		}
+	case raftpb.MsgHeartbeat:
+		// A leader's heartbeat never commits past what this follower
+		// acknowledged; raft panics on one that does. Only a forged message
+		// or a member that lost its log gets here.
+		last, err := n.storage.LastIndex()
+		if err != nil || m.Commit > last {
+			if n.voteGate.Load() {
+				go n.stop(fmt.Errorf("%w: leader %d (term %d) says this member has the log up to %d, but "+
+					"it has %d entries: its data directory was wiped; remove it (POST /raft/api/deleteNode "+
+					"{\"id\":%d}) and join again with an empty data directory",
+					ErrMemberDataLost, m.From, m.Term, m.Commit, last, n.id))
+			}
+			return fmt.Sprintf("heartbeat commits %d, beyond this member's log (%d)", m.Commit, last)
+		}
+	case raftpb.MsgVote, raftpb.MsgPreVote:
+		if n.voteGate.Load() && (m.LogTerm > 1 || m.Index > n.bootstrapIndex) {
+			return "this member bootstrapped with an empty data directory that no peer vouched for; " +
+				"it votes only for candidates of a new cluster until it has caught up"
+		}
+	case raftpb.MsgApp:
+		for _, e := range m.Entries {
+			if err := checkEntry(e); err != nil {
 				return fmt.Sprintf("entry %d: %v", e.Index, err)
 			}
 		}

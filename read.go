@@ -51,6 +51,9 @@ const readRetryInterval = 500 * time.Millisecond
 // linearizable. On a standalone node it returns at once. It waits at most
 // until ctx ends.
 func (n *Node) LinearizableRead(ctx context.Context) error {
+	if err := n.stopped(); err != nil {
+		return err
+	}
 	switch n.Mode() {
 	case ModeStandalone:
 		return nil

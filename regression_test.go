@@ -127,47 +127,98 @@ var forgedCases = []struct {
 		}},
 }
 
+// forgedInTermCases are raft messages in the current term that follow the
+// follower's last entry, as only a member (or someone who can reach the peer
+// routes without a token) can send.
+var forgedInTermCases = []struct {
+	name    string
+	symptom string
+	inTerm  func(target, leader, term, last uint64) raftpb.Message
+}{
+	{name: "HeartbeatInTermCommitPastLog", symptom: "a MsgHeartbeat in the current term with a commit index past the log panics raft on a follower (tocommit out of range)",
+		inTerm: func(_, leader, term, _ uint64) raftpb.Message {
+			return raftpb.Message{Type: raftpb.MsgHeartbeat, From: leader, Term: term, Commit: 1 << 40}
+		}},
+	{name: "AppendWithBadConfChange", symptom: "an append in the current term carrying an undecodable membership change is committed; the follower then stops for good (every restart fails on it)",
+		inTerm: func(_, leader, term, last uint64) raftpb.Message {
+			return raftpb.Message{Type: raftpb.MsgApp, From: leader, Term: term, LogTerm: term, Index: last, Commit: last + 1,
+				Entries: []raftpb.Entry{{Term: term, Index: last + 1, Type: raftpb.EntryConfChange, Data: []byte{0xff, 0xff}}}}
+		}},
+	{name: "AppendWithJointConfChange", symptom: "an append carrying a membership change raft cannot apply (leave a joint config it is not in) panics the follower when applied",
+		inTerm: func(_, leader, term, last uint64) raftpb.Message {
+			cc := raftpb.ConfChangeV2{} // no changes: "leave joint"
+			data, _ := cc.Marshal()
+			return raftpb.Message{Type: raftpb.MsgApp, From: leader, Term: term, LogTerm: term, Index: last, Commit: last + 1,
+				Entries: []raftpb.Entry{{Term: term, Index: last + 1, Type: raftpb.EntryConfChangeV2, Data: data}}}
+		}},
+}
+
+func init() {
+	for _, fc := range forgedInTermCases {
+		regressionScenarios["forged/"+fc.name] = func(t *testing.T) {
+			forgedScenario(t, false, func(target, lead *tc.Member) raftpb.Message {
+				st := target.Node.Status()
+				m := fc.inTerm(target.ID, lead.ID, st.Term, st.Commit)
+				m.To = target.ID
+				return m
+			})
+		}
+	}
+}
+
 func init() {
 	for _, fc := range forgedCases {
 		regressionScenarios["forged/"+fc.name] = func(t *testing.T) {
-			c := tc.NewStatic(t, 3)
-			lead := c.WaitLeader(10 * time.Second)
-			c.MustSet(lead, "a", "1")
-			c.WaitConverged(10 * time.Second)
-			target := lead
-			if !fc.leader {
-				target = c.Followers()[0]
-			}
-			msg := fc.msg(target.ID, lead.ID)
-			body, err := msg.Marshal()
-			if err != nil {
-				t.Fatal(err)
-			}
-			req, _ := http.NewRequest(http.MethodPost, target.URL+"/raft", bytes.NewReader(body))
-			req.Header = peerHeaders(target.Node.Status().ClusterID)
-			resp, err := c.Client.Do(req)
-			if err != nil {
-				t.Fatalf("POST /raft: %v", err)
-			}
-			resp.Body.Close()
-			t.Logf("POST /raft with %s to member %d: %d", fc.name, target.ID, resp.StatusCode)
-			// Give raft and the apply loops time to act on it.
-			deadline := time.Now().Add(2 * time.Second)
-			for time.Now().Before(deadline) {
-				for _, m := range c.Members {
-					if err := m.Node.Err(); err != nil {
-						t.Fatalf("member %d stopped: %v", m.ID, err)
-					}
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-			c.SetEventually("after", "1", 10*time.Second)
-			state := c.WaitConverged(10 * time.Second)
-			if _, ok := state["forged"]; ok {
-				t.Fatalf("a forged raft message wrote to the state: %v", state)
-			}
+			forgedScenario(t, fc.leader, func(target, lead *tc.Member) raftpb.Message { return fc.msg(target.ID, lead.ID) })
 		}
 	}
+}
+
+// forgedScenario sends one forged raft message to the leader or a follower
+// of a 3-member cluster and checks that every member keeps running and
+// nothing forged reached the state.
+func forgedScenario(t *testing.T, toLeader bool, build func(target, lead *tc.Member) raftpb.Message) {
+	c := tc.NewStatic(t, 3)
+	lead := c.WaitLeader(10 * time.Second)
+	c.MustSet(lead, "a", "1")
+	c.WaitConverged(10 * time.Second)
+	target := lead
+	if !toLeader {
+		target = c.Followers()[0]
+	}
+	msg := build(target, lead)
+	body, err := msg.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest(http.MethodPost, target.URL+"/raft", bytes.NewReader(body))
+	req.Header = peerHeaders(target.Node.Status().ClusterID)
+	resp, err := c.Client.Do(req)
+	if err != nil {
+		t.Fatalf("POST /raft: %v", err)
+	}
+	resp.Body.Close()
+	t.Logf("POST /raft with %s to member %d: %d", msg.Type, target.ID, resp.StatusCode)
+	// Give raft and the apply loops time to act on it.
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, m := range c.Members {
+			if err := m.Node.Err(); err != nil {
+				t.Fatalf("member %d stopped: %v", m.ID, err)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.SetEventually("after", "1", 10*time.Second)
+	state := c.WaitConverged(10 * time.Second)
+	if _, ok := state["forged"]; ok {
+		t.Fatalf("a forged raft message wrote to the state: %v", state)
+	}
+	for _, m := range c.Members {
+		m.Stop()
+		m.Restart()
+	}
+	c.WaitConverged(10 * time.Second)
 }
 
 // Raft messages forged by anyone who knows the cluster id (public on GET
@@ -176,6 +227,11 @@ func init() {
 // (or ignore them) and every member keeps running.
 func TestRegressionForgedPeerMessage(t *testing.T) {
 	for _, fc := range forgedCases {
+		t.Run(fc.name, func(t *testing.T) {
+			runRegressionChild(t, "forged/"+fc.name)
+		})
+	}
+	for _, fc := range forgedInTermCases {
 		t.Run(fc.name, func(t *testing.T) {
 			runRegressionChild(t, "forged/"+fc.name)
 		})

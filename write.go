@@ -55,6 +55,9 @@ func (n *Node) write(ctx context.Context, body []byte) (writeResult, error) {
 	if err := n.checkBody(body); err != nil {
 		return writeResult{}, err
 	}
+	if err := n.stopped(); err != nil {
+		return writeResult{}, err
+	}
 	if res, done, err := n.writeStandalone(body); done {
 		return res, err
 	}
@@ -150,12 +153,18 @@ func (n *Node) writeStandalone(body []byte) (res writeResult, done bool, err err
 	if n.Mode() != ModeStandalone {
 		return res, false, nil
 	}
+	if err := n.stopped(); err != nil {
+		return res, true, err
+	}
 	obj, data, err := n.svc.PreProcessData(body)
 	if err != nil {
 		return res, true, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
 	n.commitMu.Lock()
 	defer n.commitMu.Unlock()
+	if err := n.markStandaloneWrite(); err != nil {
+		return res, true, err
+	}
 	if err := n.svc.Commit(data); err != nil {
 		return res, true, fmt.Errorf("%w: %v", ErrCommit, err)
 	}

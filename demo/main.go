@@ -81,9 +81,12 @@ func run(args []string) error {
 		return err
 	}
 	defer store.CloseStandaloneLog()
-	if _, err := os.Stat(filepath.Join(*dataDir, "wal")); *join != "" && os.IsNotExist(err) && store.Len() > 0 {
-		return fmt.Errorf("%s holds %d keys written in standalone mode; joining another cluster would discard them "+
-			"(join this node's cluster the other way round, or use a new -data)", *dataDir, store.Len())
+	// Data written by a demo that predates the library's own record of
+	// standalone writes: refuse what would discard it, as the library does.
+	if _, err := os.Stat(filepath.Join(*dataDir, "wal")); (*join != "" || len(peerMap) > 0) && os.IsNotExist(err) && store.Len() > 0 {
+		return fmt.Errorf("%s holds %d keys written in standalone mode; joining another cluster or a static "+
+			"bootstrap would discard them (start it alone with -cluster, or let the others -join it, or use a new -data)",
+			*dataDir, store.Len())
 	}
 	dial, err := parseDialOverride(os.Getenv("EMBEDRAFT_TEST_DIAL"))
 	if err != nil {
@@ -103,6 +106,11 @@ func run(args []string) error {
 	}, store)
 	if err != nil {
 		return err
+	}
+	if *token == "" {
+		logger.Warn("NO -token GIVEN: this node's peer and admin routes are open to anyone who can reach " +
+			*addr + "; any such client can change the membership or forge raft messages. " +
+			"Start every node with -token SECRET (or EMBEDRAFT_TOKEN) outside a trusted network.")
 	}
 	nodeRef.Store(node)
 	store.SetReader(node)
@@ -129,15 +137,26 @@ func run(args []string) error {
 	case <-ctx.Done():
 		logger.Info("shutting down")
 	case err = <-serveErr:
+	case <-node.Done():
+		// The node stopped by itself: a fatal storage error, or it found
+		// out its data was lost. (A removed node keeps serving its status.)
+		err = node.Err()
+		if err == nil && node.Mode() == embedraft.ModeRemoved {
+			<-ctx.Done()
+		}
 	}
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	// Close the node first: rafthttp's streams are long-lived requests that
-	// end only when the node's transport stops, and Shutdown waits for them.
+	// Stop accepting requests first, so nothing is served by a closing node;
+	// Shutdown then waits for the open requests, and rafthttp's streams (long
+	// requests) end only once the node's transport stops, so the node is
+	// closed while Shutdown waits.
+	shutDone := make(chan error, 1)
+	go func() { shutDone <- srv.Shutdown(shutCtx) }() // returns when every request ended or shutCtx does
 	if cerr := node.Close(shutCtx); cerr != nil && err == nil {
 		err = cerr
 	}
-	_ = srv.Shutdown(shutCtx)
+	<-shutDone
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil
 	}

@@ -33,6 +33,9 @@ const (
 	ProposePath = "/raft/node/propose"
 	// JoinPath is where a new node asks for membership.
 	JoinPath = "/raft/node/join"
+	// MembershipPath serves the replicated membership to peers (a member
+	// starting with an empty data directory asks whether it already ran).
+	MembershipPath = "/raft/node/membership"
 )
 
 // maxResponseBytes bounds a leader's answer read by the forwarder.

@@ -12,8 +12,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,7 +77,26 @@ func NewStatic(t testing.TB, n int, opts ...Option) *Cluster {
 		}
 	}
 	c.WaitLeader(10 * time.Second)
+	c.WaitStarted()
 	return c
+}
+
+// WaitStarted waits until every running member records every voter as
+// started (the leader's kindStarted entry), so that tests counting log
+// entries see none appear later.
+func (c *Cluster) WaitStarted() {
+	c.T.Helper()
+	Eventually(c.T, 10*time.Second, func() error {
+		for _, m := range c.Running() {
+			mv := m.Node.Membership()
+			for _, p := range mv.Members {
+				if p.Role == embedraft.RoleVoter && !slices.Contains(mv.Started, p.ID) {
+					return fmt.Errorf("member %d does not yet record voter %d as started", m.ID, p.ID)
+				}
+			}
+		}
+		return nil
+	})
 }
 
 // NewSingle starts one member with cfg adjusted by opts (standalone unless an
@@ -124,11 +147,25 @@ func (m *Member) start(ln net.Listener) error {
 	if m.ID == 0 {
 		m.cfg.Logger = m.cfg.Logger.With("addr", m.addr)
 	}
-	node, err := embedraft.New(m.cfg, m.Store)
-	if err != nil {
+	// As the demo does: standalone writes are durable in the store's own
+	// log, written only while the node is standalone.
+	var nodeRef atomic.Pointer[embedraft.Node]
+	standalone := func() bool { n := nodeRef.Load(); return n != nil && n.Mode() == embedraft.ModeStandalone }
+	if err := os.MkdirAll(m.cfg.DataDir, 0o750); err != nil {
 		ln.Close()
 		return err
 	}
+	if err := m.Store.OpenStandaloneLog(filepath.Join(m.cfg.DataDir, "standalone.log"), standalone); err != nil {
+		ln.Close()
+		return err
+	}
+	node, err := embedraft.New(m.cfg, m.Store)
+	if err != nil {
+		_ = m.Store.CloseStandaloneLog()
+		ln.Close()
+		return err
+	}
+	nodeRef.Store(node)
 	m.Node = node
 	m.Store.SetReader(node)
 	mux := http.NewServeMux()
@@ -159,6 +196,7 @@ func (m *Member) Stop() {
 	}
 	_ = m.srv.Close()
 	<-m.done
+	_ = m.Store.CloseStandaloneLog()
 	m.Node = nil
 }
 
@@ -173,6 +211,41 @@ func (m *Member) Restart() {
 	})
 	if err := m.start(ln); err != nil {
 		m.c.T.Fatalf("restart member %d: %v", m.ID, err)
+	}
+}
+
+// TryRestart starts the member again on the same address and data
+// directory, with opts applied to a copy of its configuration, and returns
+// New's error instead of failing the test.
+func (m *Member) TryRestart(opts ...Option) error {
+	m.c.T.Helper()
+	var ln net.Listener
+	Eventually(m.c.T, 10*time.Second, func() error {
+		var err error
+		ln, err = net.Listen("tcp", m.addr)
+		return err
+	})
+	saved := m.cfg
+	for _, o := range opts {
+		o(&m.cfg)
+	}
+	err := m.start(ln)
+	if err != nil {
+		m.Node = nil
+	}
+	m.cfg = saved
+	return err
+}
+
+// Wipe deletes the member's data directory (the member must be stopped),
+// as an operator who lost a disk would.
+func (m *Member) Wipe() {
+	m.c.T.Helper()
+	if m.Node != nil {
+		m.c.T.Fatalf("wipe member %d: still running", m.ID)
+	}
+	if err := os.RemoveAll(m.Dir); err != nil {
+		m.c.T.Fatalf("wipe member %d: %v", m.ID, err)
 	}
 }
 

@@ -1,0 +1,429 @@
+package embedraft_test
+
+// Regression tests for operator mistakes and forged peer traffic that lost
+// acknowledged writes, crashed a node or split the membership (issue 7).
+// Each failed on the code before its fix.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/embedraft/embedraft"
+	tc "github.com/embedraft/embedraft/internal/testcluster"
+)
+
+// membershipOf reads a member's GET /raft/node/membership.
+func membershipOf(t *testing.T, c *tc.Cluster, m *tc.Member) embedraft.MembershipView {
+	t.Helper()
+	resp, err := c.Client.Get(m.URL + "/raft/node/membership")
+	if err != nil {
+		t.Fatalf("membership of %d: %v", m.ID, err)
+	}
+	defer resp.Body.Close()
+	var env struct {
+		Data embedraft.MembershipView `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&env); err != nil {
+		t.Fatalf("membership of %d: %v", m.ID, err)
+	}
+	return env.Data
+}
+
+// waitStarted waits until every running member records ids as started.
+func waitStarted(t *testing.T, c *tc.Cluster, ids ...uint64) {
+	t.Helper()
+	tc.Eventually(t, 10*time.Second, func() error {
+		for _, m := range c.Running() {
+			v := membershipOf(t, c, m)
+			for _, id := range ids {
+				if !slices.Contains(v.Started, id) {
+					return fmt.Errorf("member %d does not record %d as started: %v", m.ID, id, v.Started)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func readKey(t *testing.T, c *tc.Cluster, m *tc.Member, key string) (int, string) {
+	t.Helper()
+	resp, err := c.Client.Get(m.URL + "/kv/" + key)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	return resp.StatusCode, readAll(resp)
+}
+
+// A static member whose data directory was wiped and that is restarted with
+// its usual flags bootstrapped again with an empty log: with its vote it
+// could elect a stale member and lose acknowledged writes. It is refused.
+func TestSafetyWipedStaticMemberRefused(t *testing.T) {
+	c := tc.NewStatic(t, 3)
+	lead := c.WaitLeader(10 * time.Second)
+	c.MustSet(lead, "acked", "1")
+	waitStarted(t, c, 1, 2, 3)
+	victim := c.Followers()[0]
+	victim.Stop()
+	victim.Wipe()
+	err := victim.TryRestart()
+	if !errors.Is(err, embedraft.ErrMemberDataLost) || !strings.Contains(err.Error(), "deleteNode") {
+		t.Fatalf("restart of wiped member %d: %v, want ErrMemberDataLost with the recovery", victim.ID, err)
+	}
+	if embedraft.StatusOf(err) != http.StatusConflict {
+		t.Fatalf("status of %v: %d", err, embedraft.StatusOf(err))
+	}
+	// The documented recovery: remove the member, join afresh.
+	lead = c.WaitLeader(10 * time.Second)
+	if code, body, err := c.Post(lead, "/raft/api/deleteNode", fmt.Appendf(nil, `{"id":%d}`, victim.ID)); err != nil || code != 200 {
+		t.Fatalf("remove wiped member: %d %v %s", code, err, body)
+	}
+	fresh := c.Join(lead)
+	if fresh.ID == victim.ID {
+		t.Fatalf("rejoined under the old id %d", fresh.ID)
+	}
+	waitVoters(t, c, 3)
+	c.WaitConverged(10 * time.Second)
+	if code, v := readKey(t, c, fresh, "acked"); code != 200 || !strings.Contains(v, "1") {
+		t.Fatalf("acknowledged key on the new member: %d %s", code, v)
+	}
+}
+
+// The issue's reproduction: member 2 down, a write acknowledged by 1 and 3;
+// 3 and 1 stopped, 1 wiped, then 1 and 2 restarted. Member 2 used to become
+// leader with member 1's vote, and the acknowledged key was gone.
+func TestSafetyWipedMemberDoesNotElectStaleLeader(t *testing.T) {
+	c := tc.NewStatic(t, 3)
+	c.WaitLeader(10 * time.Second)
+	waitStarted(t, c, 1, 2, 3)
+	m1, m2, m3 := c.Member(1), c.Member(2), c.Member(3)
+	m2.Stop()
+	c.SetEventually("acked", "yes", 10*time.Second)
+	m3.Stop()
+	m1.Stop()
+	m1.Wipe()
+	// Member 1 starts first: nobody can vouch for it, so its vote is gated.
+	if err := m1.TryRestart(); err != nil {
+		t.Fatalf("restart wiped member 1 with no peer up: %v", err)
+	}
+	m2.Restart()
+	// For several election timeouts, nobody may become leader: member 2 is
+	// stale and member 1 must not vote for it.
+	end := time.Now().Add(2 * time.Second)
+	for time.Now().Before(end) {
+		for _, m := range c.Running() {
+			if st := m.Node.Status(); st.State == "leader" {
+				t.Fatalf("member %d became leader without member 3, which holds the acknowledged write", m.ID)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	m3.Restart()
+	lead := c.WaitLeader(20 * time.Second)
+	if lead.ID == 2 {
+		t.Logf("member 2 leads after catching up from 3")
+	}
+	tc.Eventually(t, 20*time.Second, func() error {
+		for _, m := range c.Running() {
+			if code, v := readKey(t, c, m, "acked"); code != 200 || !strings.Contains(v, "yes") {
+				return fmt.Errorf("member %d: acknowledged key: %d %s", m.ID, code, v)
+			}
+		}
+		return nil
+	})
+	if m1.Running() {
+		if err := m1.Node.Err(); err != nil && !errors.Is(err, embedraft.ErrMemberDataLost) {
+			t.Fatalf("member 1 stopped with %v", err)
+		}
+	}
+}
+
+// A joined member whose data directory was wiped asked to join again from
+// its address and was given its old id: it then ran as a voter with an
+// empty log (and raft panicked on the leader's next heartbeat).
+func TestSafetyWipedJoinedMemberRefused(t *testing.T) {
+	c := tc.NewSingle(t, func(cfg *embedraft.Config) { cfg.Cluster = true })
+	first := c.Members[0]
+	c.Join(first)
+	third := c.Join(first)
+	waitVoters(t, c, 3)
+	c.MustSet(c.WaitLeader(10*time.Second), "acked", "1")
+	waitStarted(t, c, 1, 2, 3)
+	third.Stop()
+	third.Wipe()
+	err := third.TryRestart()
+	if !errors.Is(err, embedraft.ErrMemberDataLost) {
+		t.Fatalf("rejoin of wiped member: %v, want ErrMemberDataLost", err)
+	}
+	// An address registered with addNode but never started may still join
+	// (idempotent pre-registration).
+	lead := c.WaitLeader(10 * time.Second)
+	code, body, err := c.Post(lead, "/raft/api/addNode", []byte(`{"addr":"http://127.0.0.1:1"}`))
+	if err != nil || code != 200 {
+		t.Fatalf("addNode: %d %v %s", code, err, body)
+	}
+	code2, body2, _ := c.Post(lead, "/raft/api/addNode", []byte(`{"addr":"http://127.0.0.1:1"}`))
+	if code2 != 200 || !bytes.Equal(body, body2) {
+		t.Fatalf("second addNode of a never-started member: %d %s (first %s)", code2, body2, body)
+	}
+}
+
+// An add whose wait timed out (it may still commit) released the change
+// gate, and the next add was decided on the stale membership: the same id
+// for two addresses.
+func TestSafetyTimedOutAddKeepsChangeInFlight(t *testing.T) {
+	c := tc.NewStatic(t, 3, func(cfg *embedraft.Config) { cfg.ElectionTicks = 200 })
+	lead := c.WaitLeader(20 * time.Second)
+	for _, f := range c.Followers() {
+		f.Stop()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	_, err := lead.Node.AddMember(ctx, embedraft.JoinRequest{Addr: "http://127.0.0.1:11"})
+	cancel()
+	if !errors.Is(err, embedraft.ErrUnknownOutcome) {
+		t.Fatalf("add without quorum: %v, want ErrUnknownOutcome", err)
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 300*time.Millisecond)
+	_, err = lead.Node.AddMember(ctx, embedraft.JoinRequest{Addr: "http://127.0.0.1:12"})
+	cancel()
+	if !errors.Is(err, embedraft.ErrChangeInFlight) {
+		t.Fatalf("second add while the first may commit: %v, want ErrChangeInFlight", err)
+	}
+	for _, m := range c.Members {
+		if !m.Running() {
+			m.Restart()
+		}
+	}
+	lead = c.WaitLeader(20 * time.Second)
+	var resp embedraft.JoinResponse
+	tc.Eventually(t, 20*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		var err error
+		resp, err = c.WaitLeader(20*time.Second).Node.AddMember(ctx, embedraft.JoinRequest{Addr: "http://127.0.0.1:12"})
+		return err
+	})
+	peers := lead.Node.Peers().Peers
+	addrs := map[string]uint64{}
+	for _, m := range peers {
+		if other, dup := addrs[m.Addr]; dup {
+			t.Fatalf("address %s under ids %d and %d", m.Addr, other, m.ID)
+		}
+		addrs[m.Addr] = m.ID
+	}
+	if id, ok := addrs["http://127.0.0.1:11"]; ok && id == resp.ID {
+		t.Fatalf("id %d given to two addresses: %v", id, peers)
+	}
+	if got := peers[fmt.Sprint(resp.ID)].Addr; got != "http://127.0.0.1:12" {
+		t.Fatalf("member %d has address %q, want :12 (%v)", resp.ID, got, peers)
+	}
+}
+
+// A static bootstrap (or a join) over a data directory that held standalone
+// writes started raft without them; -cluster now carries them over.
+func TestSafetyStandaloneWritesCarriedOrRefused(t *testing.T) {
+	c := tc.NewSingle(t)
+	m := c.Members[0]
+	c.MustSet(m, "standalone", "kept")
+	m.Stop()
+	err := m.TryRestart(func(cfg *embedraft.Config) {
+		cfg.ID, cfg.Peers = 1, map[uint64]string{1: m.URL, 2: "http://127.0.0.1:2"}
+	})
+	if !errors.Is(err, embedraft.ErrInvalidConfig) || !strings.Contains(err.Error(), "standalone") {
+		t.Fatalf("static bootstrap over standalone writes: %v", err)
+	}
+	err = m.TryRestart(func(cfg *embedraft.Config) { cfg.Join = "http://127.0.0.1:2" })
+	if !errors.Is(err, embedraft.ErrInvalidConfig) || !strings.Contains(err.Error(), "standalone") {
+		t.Fatalf("join over standalone writes: %v", err)
+	}
+	if err := m.TryRestart(func(cfg *embedraft.Config) { cfg.Cluster = true }); err != nil {
+		t.Fatalf("restart with Cluster: %v", err)
+	}
+	if st := m.Node.Status(); st.Mode != embedraft.ModeCluster {
+		t.Fatalf("mode %s", st.Mode)
+	}
+	if code, v := readKey(t, c, m, "standalone"); code != 200 || !strings.Contains(v, "kept") {
+		t.Fatalf("standalone write after -cluster restart: %d %s", code, v)
+	}
+	c.Join(m)
+	waitVoters(t, c, 2)
+	state := c.WaitConverged(10 * time.Second)
+	if state["standalone"] != "kept" {
+		t.Fatalf("joined member's state: %v", state)
+	}
+	m.Stop()
+	m.Restart() // from the WAL now
+	if code, v := readKey(t, c, m, "standalone"); code != 200 || !strings.Contains(v, "kept") {
+		t.Fatalf("after a cluster restart: %d %s", code, v)
+	}
+}
+
+// A standalone node kept serving writes after Close, and a join after Close
+// created a WAL that never got a leader.
+func TestSafetyClosedMeansClosed(t *testing.T) {
+	c := tc.NewSingle(t)
+	m := c.Members[0]
+	c.MustSet(m, "before", "1")
+	node, h := m.Node, m.Node.Handler()
+	if err := node.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.Send(context.Background(), []byte(`{"key":"after","value":"1"}`)); !errors.Is(err, embedraft.ErrStopped) {
+		t.Fatalf("Send after Close: %v", err)
+	}
+	if _, err := node.AddMember(context.Background(), embedraft.JoinRequest{Addr: "http://127.0.0.1:3"}); !errors.Is(err, embedraft.ErrStopped) {
+		t.Fatalf("AddMember after Close: %v", err)
+	}
+	for _, r := range []struct{ method, path, body string }{
+		{"POST", "/raft/api/set", `{"key":"after","value":"1"}`},
+		{"POST", "/raft/node/join", `{"addr":"http://127.0.0.1:3"}`},
+		{"POST", "/raft/api/addNode", `{"addr":"http://127.0.0.1:3"}`},
+		{"GET", "/readyz", ""},
+		{"GET", "/healthz", ""},
+	} {
+		rec := httptestRecorder(h, r.method, r.path, r.body)
+		if rec != http.StatusServiceUnavailable {
+			t.Errorf("%s %s after Close: %d, want 503", r.method, r.path, rec)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(m.Dir, "wal")); !os.IsNotExist(err) {
+		t.Fatalf("a WAL was created after Close: %v", err)
+	}
+	if _, ok := m.Store.Snapshot()["after"]; ok {
+		t.Fatal("a write was applied after Close")
+	}
+	m.Stop()
+}
+
+// Close during a switchover read the cluster-mode fields while the switch
+// set them (a data race under -race), and the node could be left half
+// switched.
+func TestSafetyCloseDuringSwitchover(t *testing.T) {
+	for i := range 5 {
+		c := tc.NewSingle(t)
+		m := c.Members[0]
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_, _ = m.Node.AddMember(ctx, embedraft.JoinRequest{Addr: "http://127.0.0.1:4"})
+		}()
+		time.Sleep(time.Duration(i) * time.Millisecond) // vary where Close lands in the switch
+		if err := m.Node.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		m.Stop()
+	}
+}
+
+// Removing a member while another voter was down either handed leadership
+// to the dead voter or left the cluster without a quorum.
+func TestSafetyRemovalThatBreaksQuorumRefused(t *testing.T) {
+	c := tc.NewStatic(t, 3)
+	lead := c.WaitLeader(10 * time.Second)
+	down := c.Followers()[0]
+	down.Stop()
+	tc.Eventually(t, 10*time.Second, func() error {
+		code, body, err := c.Post(lead, "/raft/api/deleteNode", fmt.Appendf(nil, `{"id":%d}`, lead.ID))
+		if err != nil || code != http.StatusConflict {
+			return fmt.Errorf("remove the leader with a voter down: %d %v %s", code, err, body)
+		}
+		return nil
+	})
+	if st := lead.Node.Status(); st.State != "leader" {
+		t.Fatalf("leader stepped down: %+v", st)
+	}
+	c.MustSet(lead, "still", "serving")
+	// Removing the down voter itself leaves two live voters of two.
+	if code, body, err := c.Post(lead, "/raft/api/deleteNode", fmt.Appendf(nil, `{"id":%d}`, down.ID)); err != nil || code != 200 {
+		t.Fatalf("remove the down voter: %d %v %s", code, err, body)
+	}
+	c.MustSet(lead, "after", "removal")
+}
+
+// A removed node's REMOVED marker was written without fsync; when it was
+// lost, the restart replayed the node's own removal and New failed with
+// "node stopped" instead of starting in removed mode.
+func TestSafetyRemovedMarkerLost(t *testing.T) {
+	c := tc.NewStatic(t, 3)
+	lead := c.WaitLeader(10 * time.Second)
+	victim := c.Followers()[0]
+	if code, body, err := c.Post(lead, "/raft/api/deleteNode", fmt.Appendf(nil, `{"id":%d}`, victim.ID)); err != nil || code != 200 {
+		t.Fatalf("remove: %d %v %s", code, err, body)
+	}
+	tc.Eventually(t, 10*time.Second, func() error {
+		if st := victim.Node.Status(); st.Mode != embedraft.ModeRemoved {
+			return fmt.Errorf("mode %s", st.Mode)
+		}
+		return nil
+	})
+	victim.Stop()
+	if err := os.Remove(filepath.Join(victim.Dir, "REMOVED")); err != nil {
+		t.Fatalf("the removed marker: %v", err)
+	}
+	if err := victim.TryRestart(); err != nil {
+		t.Fatalf("restart after losing the marker: %v", err)
+	}
+	if st := victim.Node.Status(); st.Mode != embedraft.ModeRemoved {
+		t.Fatalf("restarted in mode %s, want removed", st.Mode)
+	}
+}
+
+// rafthttp's snapshot route wrote its body to snap/<index>.snap.db before
+// any check, and kept it; a POST /raft of any type was read up to 1 GiB.
+func TestSafetyPeerRoutesBounded(t *testing.T) {
+	c := tc.NewStatic(t, 3)
+	m := c.WaitLeader(10 * time.Second)
+	hdr := peerHeaders(m.Node.Status().ClusterID)
+	post := func(path string, body []byte) int {
+		req, _ := http.NewRequest(http.MethodPost, m.URL+path, bytes.NewReader(body))
+		req.Header = hdr.Clone()
+		resp, err := c.Client.Do(req)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for i := range 3 {
+		if code := post("/raft/snapshot", bytes.Repeat([]byte{byte(i)}, 1<<20)); code != http.StatusNotFound {
+			t.Errorf("POST /raft/snapshot: %d, want 404", code)
+		}
+	}
+	files, _ := filepath.Glob(filepath.Join(m.Dir, "snap", "*.snap.db"))
+	if len(files) > 0 {
+		t.Fatalf("the snapshot route left files: %v", files)
+	}
+	// A heartbeat-typed message (type 8) padded to 1 MiB is refused before
+	// it is read whole.
+	big := append([]byte{0x08, 0x08}, bytes.Repeat([]byte{0}, 1<<20)...)
+	if code := post("/raft", big); code != http.StatusRequestEntityTooLarge && code != http.StatusBadRequest {
+		t.Fatalf("POST /raft of a 1 MiB heartbeat: %d, want 413 or 400", code)
+	}
+	if code := post("/raft", []byte("not a raft message")); code != http.StatusBadRequest {
+		t.Fatalf("POST /raft of garbage: %d, want 400", code)
+	}
+	c.MustSet(m, "after", "1")
+}
+
+// httptestRecorder serves one request on h and returns its status.
+func httptestRecorder(h http.Handler, method, path, body string) int {
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(method, path, strings.NewReader(body)))
+	return rec.Code
+}
