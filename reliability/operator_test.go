@@ -240,7 +240,9 @@ func removeLeaderVoterDown(r *run) {
 	if l2 != l {
 		r.t.Errorf("leader moved from node %d to node %d after a refused removal", l.Index, l2.Index)
 	}
-	r.expectServing("after deleteNode of the leader")
+	if !r.expectServing("after deleteNode of the leader") {
+		r.t.Fatal("the cluster stopped serving; not going on")
+	}
 	r.rejoinFresh(f, fid, 3) // removing the down follower is allowed
 }
 
@@ -267,17 +269,18 @@ func (r *run) expectRefusal(n *chaos.Node, want string, args ...string) bool {
 }
 
 // expectServing waits until a client write issued from now on is
-// acknowledged.
-func (r *run) expectServing(when string) {
+// acknowledged, and reports whether one was.
+func (r *run) expectServing(when string) bool {
 	r.t.Helper()
 	t0 := time.Now()
 	for time.Since(t0) < 15*time.Second {
 		if _, ok := r.w.FirstAckAfter(t0); ok {
-			return
+			return true
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	r.t.Errorf("%s: no write acknowledged within 15 s", when)
+	return false
 }
 
 // rejoinFresh is the documented recovery for a member whose data was lost:
