@@ -89,6 +89,8 @@ type scenario struct {
 	spare int // extra node slots (joins)
 	snap  int // -snapshot-count (0: 200)
 	fault func(r *run)
+	// form starts the cluster (nil: chaos.NewCluster, a static cluster).
+	form func(testing.TB, chaos.Options) *chaos.Cluster
 }
 
 var scenarios = []scenario{
@@ -273,11 +275,16 @@ func runScenario(t *testing.T, sc scenario, seed uint64, traffic time.Duration) 
 		logDir = filepath.Join(logDir, fmt.Sprintf("%s-%d", sc.name, seed))
 		must(t, os.MkdirAll(logDir, 0o755))
 	}
-	c := chaos.NewCluster(t, chaos.Options{Bin: demoBin, Size: 3, Spare: sc.spare, SnapshotCount: sc.snap, LogDir: logDir})
+	form := chaos.NewCluster
+	if sc.form != nil {
+		form = sc.form
+	}
+	c := form(t, chaos.Options{Bin: demoBin, Size: 3, Spare: sc.spare, SnapshotCount: sc.snap, LogDir: logDir})
 	r := &run{t: t, c: c, rng: rand.New(rand.NewPCG(seed, 7)), expectMembers: 3, avoid: map[*chaos.Node]bool{}}
 	w := &chaos.Workload{Clients: 6, HotKeys: 4, Targets: r.targets, Start: time.Now()}
 	r.w = w
 	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel) // a scenario that stops early stops its clients too
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() { defer wg.Done(); w.Run(ctx) }() // ends on cancel
@@ -378,8 +385,9 @@ func TestReliabilityRounds(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	rng := rand.New(rand.NewPCG(seed, 1))
 	var all []result
+	pool := append(append([]scenario(nil), scenarios...), operatorScenarios...)
 	for i := range rounds {
-		sc := scenarios[rng.IntN(len(scenarios))]
+		sc := pool[rng.IntN(len(pool))]
 		traffic := time.Duration(1000+rng.IntN(3000)) * time.Millisecond
 		t.Run(fmt.Sprintf("%03d-%s", i, sc.name), func(t *testing.T) {
 			res := runScenario(t, sc, seed+uint64(i), traffic)

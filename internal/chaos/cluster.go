@@ -387,7 +387,9 @@ func (c *Cluster) LogProblems() []string {
 			continue
 		}
 		for _, bad := range []string{"panic:", "fatal error:", "DATA RACE", "http: panic serving", "\ndemo: "} {
-			if i := strings.Index(string(b), bad); i >= 0 {
+			// An error exit the scenario asked for (ExpectExit, WaitExit)
+			// is not a problem; a panic is, wherever it is.
+			if i := n.findProblem(string(b), bad, bad == "\ndemo: "); i >= 0 {
 				end := min(len(b), i+300)
 				out = append(out, fmt.Sprintf("node %d log: %s", n.Index, b[i:end]))
 			}

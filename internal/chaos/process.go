@@ -11,6 +11,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -93,6 +94,10 @@ type Node struct {
 	done chan struct{}
 	log  *os.File
 	args []string
+
+	stderr   *tailBuffer // the current process's stderr (its tail)
+	logOff   int64       // where the current process's output starts in LogPath
+	expected []logRange  // log ranges of processes that exited as expected
 }
 
 // Running reports whether the process is alive (possibly stopped by
@@ -127,9 +132,15 @@ func (n *Node) Start(args ...string) error {
 		return err
 	}
 	fmt.Fprintf(f, "=== start %s %v\n", time.Now().Format(time.RFC3339Nano), n.args)
+	off, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		f.Close()
+		return err
+	}
 	all := append([]string{"-addr", fmt.Sprintf("127.0.0.1:%d", n.Port), "-data", n.Dir}, n.args...)
 	cmd := exec.Command(n.bin, all...)
-	cmd.Stdout, cmd.Stderr = f, f
+	n.stderr, n.logOff = &tailBuffer{}, off
+	cmd.Stdout, cmd.Stderr = f, io.MultiWriter(f, n.stderr)
 	cmd.Env = append(os.Environ(), n.env...)
 	if err := cmd.Start(); err != nil {
 		f.Close()
