@@ -55,6 +55,7 @@ func (n *Node) routes() http.Handler {
 	})
 	r.With(n.requireToken, n.requireCluster).Post(transport.ProposePath, n.handlePropose)
 	r.With(n.requireToken).Post(transport.JoinPath, n.handleAddNode)
+	n.mountUI(r) // GET /raft/ui and /raft/ui/cluster (admin): ui.go
 	peer := http.HandlerFunc(n.servePeer)
 	r.Handle("/raft", peer)
 	r.Handle("/raft/stream/*", peer)
