@@ -59,6 +59,7 @@ func (n *Node) routes() http.Handler {
 	r.With(n.requireToken).Get(transport.MembershipPath, func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, n.Membership(), nil)
 	})
+	n.mountUI(r) // GET /raft/ui and /raft/ui/cluster (admin): ui.go
 	peer := http.HandlerFunc(n.servePeer)
 	r.Handle("/raft", peer)
 	r.Handle("/raft/stream/*", peer)
