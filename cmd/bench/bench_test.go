@@ -42,6 +42,9 @@ func TestRunCluster(t *testing.T) {
 			t.Errorf("%s c=%d: ops=%d errors=%d (%s) ops/s=%.0f p50=%.2f p99=%.2f",
 				p.Workload, p.Concurrency, p.Ops, p.Errors, p.FirstError, p.OpsPerSec, p.P50Ms, p.P99Ms)
 		}
+		if p.Leader < 1 || p.Leader > 3 {
+			t.Errorf("%s: leader %d", p.Workload, p.Leader)
+		}
 		if len(p.Nodes) != 3 {
 			t.Fatalf("%s: want figures for 3 nodes, got %+v", p.Workload, p.Nodes)
 		}

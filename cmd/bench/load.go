@@ -274,6 +274,7 @@ type workerResult struct {
 // runPoint runs workload with c closed-loop workers for the configured
 // duration and measures it.
 func (b *bencher) runPoint(ctx context.Context, workload string, c int) (point, error) {
+	leader, _, _ := b.leaderURL(ctx) // only informative: 0 when unknown
 	mon := startMonitor(b.targets)
 	var prof *profiler
 	if b.cfg.ProfileDir != "" {
@@ -355,6 +356,7 @@ func (b *bencher) runPoint(ctx context.Context, workload string, c int) (point, 
 	}
 	p := newPoint(workload, c, elapsed, lats, errs, nodes)
 	p.FirstError = first
+	p.Leader = leader
 	p.Profiles = profiles
 	return p, nil
 }

@@ -32,6 +32,8 @@ type point struct {
 	P99Ms       float64 `json:"p99_ms"`
 	MaxMs       float64 `json:"max_ms"`
 	FirstError  string  `json:"first_error,omitempty"`
+	// Leader is the leader's id when the point started (0: unknown).
+	Leader uint64 `json:"leader,omitempty"`
 	// Nodes is empty when the nodes' processes are not known (-targets).
 	Nodes []nodeStat `json:"nodes,omitempty"`
 	// CPUPerOpMs is all nodes' CPU time over the point divided by Ops.
