@@ -55,8 +55,8 @@ func TestRunCluster(t *testing.T) {
 				t.Errorf("%s node %d: rss %.1f MiB, hwm %.1f MiB", p.Workload, n.ID, n.RSSMiB, n.HWMMiB)
 			}
 		}
-		if cpu <= 0 || p.CPUPerOpMs <= 0 {
-			t.Errorf("%s: nodes' CPU %.2f s, CPU/op %.3f ms", p.Workload, cpu, p.CPUPerOpMs)
+		if cpu <= 0 || p.CPUPerOpMs <= 0 || p.LoaderCPUSeconds <= 0 {
+			t.Errorf("%s: nodes' CPU %.2f s, CPU/op %.3f ms, loader CPU %.2f s", p.Workload, cpu, p.CPUPerOpMs, p.LoaderCPUSeconds)
 		}
 	}
 	for _, w := range []string{"write", "read", "read-local"} {

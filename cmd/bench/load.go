@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -276,6 +277,7 @@ type workerResult struct {
 func (b *bencher) runPoint(ctx context.Context, workload string, c int) (point, error) {
 	leader, _, _ := b.leaderURL(ctx) // only informative: 0 when unknown
 	mon := startMonitor(b.targets)
+	self0, _ := procCPU(os.Getpid())
 	var prof *profiler
 	if b.cfg.ProfileDir != "" {
 		prof = b.startProfiles(ctx, workload, c)
@@ -333,6 +335,7 @@ func (b *bencher) runPoint(ctx context.Context, workload string, c int) (point, 
 	line()
 	fmt.Fprintln(b.progress)
 	nodes := mon.stop()
+	self1, _ := procCPU(os.Getpid())
 	var profiles []string
 	var profErr error
 	if prof != nil {
@@ -357,6 +360,7 @@ func (b *bencher) runPoint(ctx context.Context, workload string, c int) (point, 
 	p := newPoint(workload, c, elapsed, lats, errs, nodes)
 	p.FirstError = first
 	p.Leader = leader
+	p.LoaderCPUSeconds = (self1 - self0).Seconds()
 	p.Profiles = profiles
 	return p, nil
 }

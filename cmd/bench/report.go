@@ -36,6 +36,9 @@ type point struct {
 	Leader uint64 `json:"leader,omitempty"`
 	// Nodes is empty when the nodes' processes are not known (-targets).
 	Nodes []nodeStat `json:"nodes,omitempty"`
+	// LoaderCPUSeconds is this process's own CPU time over the point: on a
+	// small machine the loader competes with the nodes.
+	LoaderCPUSeconds float64 `json:"loader_cpu_s"`
 	// CPUPerOpMs is all nodes' CPU time over the point divided by Ops.
 	CPUPerOpMs float64  `json:"cpu_per_op_ms,omitempty"`
 	Profiles   []string `json:"profiles,omitempty"`
@@ -94,7 +97,7 @@ func newPoint(workload string, c int, elapsed time.Duration, lats []time.Duratio
 // writeTable prints one row per point.
 func writeTable(w io.Writer, rep *report) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tc\tops/s\tp50 ms\tp99 ms\terrors\tnode CPU s\tnode RSS MiB\tnode HWM MiB\tCPU/op ms\t")
+	fmt.Fprintln(tw, "workload\tc\tops/s\tp50 ms\tp99 ms\terrors\tnode CPU s\tnode RSS MiB\tnode HWM MiB\tCPU/op ms\tloader CPU s\t")
 	for _, p := range rep.Points {
 		cpu, rss, hwm, perOp := "-", "-", "-", "-"
 		if len(p.Nodes) > 0 {
@@ -103,8 +106,8 @@ func writeTable(w io.Writer, rep *report) {
 			hwm = joinNodes(p.Nodes, func(n nodeStat) string { return fmt.Sprintf("%.0f", n.HWMMiB) })
 			perOp = fmt.Sprintf("%.3f", p.CPUPerOpMs)
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.2f\t%.2f\t%d\t%s\t%s\t%s\t%s\t\n",
-			p.Workload, p.Concurrency, p.OpsPerSec, p.P50Ms, p.P99Ms, p.Errors, cpu, rss, hwm, perOp)
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.2f\t%.2f\t%d\t%s\t%s\t%s\t%s\t%.1f\t\n",
+			p.Workload, p.Concurrency, p.OpsPerSec, p.P50Ms, p.P99Ms, p.Errors, cpu, rss, hwm, perOp, p.LoaderCPUSeconds)
 	}
 	_ = tw.Flush()
 }

@@ -77,7 +77,7 @@ func TestWriteTable(t *testing.T) {
 	rep := &report{Points: []point{
 		{Workload: "write", Concurrency: 16, OpsPerSec: 2429.4, P50Ms: 5.851, P99Ms: 18.59, Errors: 0,
 			Nodes:      []nodeStat{{CPUSeconds: 2.71, RSSMiB: 64.2, HWMMiB: 70}, {CPUSeconds: 2.8, RSSMiB: 64, HWMMiB: 64}},
-			CPUPerOpMs: 0.2259},
+			CPUPerOpMs: 0.2259, LoaderCPUSeconds: 1.49},
 		{Workload: "read-local", Concurrency: 1, OpsPerSec: 100, P50Ms: 0.1, P99Ms: 0.4, Errors: 3},
 	}}
 	var buf bytes.Buffer
@@ -87,9 +87,9 @@ func TestWriteTable(t *testing.T) {
 		t.Fatalf("want a header and 2 rows, got:\n%s", buf.String())
 	}
 	for i, want := range [][]string{
-		{"workload", "c", "ops/s", "p50", "ms", "p99", "ms", "errors", "node", "CPU", "s", "node", "RSS", "MiB", "node", "HWM", "MiB", "CPU/op", "ms"},
-		{"write", "16", "2429", "5.85", "18.59", "0", "2.7,2.8", "64,64", "70,64", "0.226"},
-		{"read-local", "1", "100", "0.10", "0.40", "3", "-", "-", "-", "-"},
+		{"workload", "c", "ops/s", "p50", "ms", "p99", "ms", "errors", "node", "CPU", "s", "node", "RSS", "MiB", "node", "HWM", "MiB", "CPU/op", "ms", "loader", "CPU", "s"},
+		{"write", "16", "2429", "5.85", "18.59", "0", "2.7,2.8", "64,64", "70,64", "0.226", "1.5"},
+		{"read-local", "1", "100", "0.10", "0.40", "3", "-", "-", "-", "-", "0.0"},
 	} {
 		if got := strings.Fields(lines[i]); strings.Join(got, " ") != strings.Join(want, " ") {
 			t.Errorf("line %d = %q, want fields %q", i, lines[i], want)
