@@ -45,6 +45,7 @@ func run(args []string) error {
 	cluster := fs.Bool("cluster", false, "start as a one-member cluster instead of standalone")
 	token := fs.String("token", os.Getenv("EMBEDRAFT_TOKEN"), "cluster secret (also EMBEDRAFT_TOKEN)")
 	snapCount := fs.Uint64("snapshot-count", embedraft.DefaultSnapshotCount, "applied entries between snapshots")
+	pprofFlag := fs.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ (open to anyone who can reach -addr)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -119,6 +120,9 @@ func run(args []string) error {
 	mux.Handle("/kv", store)
 	mux.Handle("/kv/", store)
 	mux.Handle("/", node.Handler())
+	if *pprofFlag {
+		mountPprof(mux)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {

@@ -1,0 +1,196 @@
+// Command bench is embedraft's load generator: it drives a 3-node demo
+// cluster with closed-loop writes and reads and reports throughput,
+// latency, and the nodes' CPU and memory.
+//
+//	go run ./cmd/bench                                  # write, read, read-local at c=1,16,128
+//	go run ./cmd/bench -d 5s -c 16 -workloads write -json out.json
+//	go run ./cmd/bench -profile /tmp/prof               # CPU and allocation profiles of the leader
+//	go run ./cmd/bench -targets http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083
+//
+// By default it builds ./demo, starts three demo processes on free loopback
+// ports with fresh data directories, waits for every node's /readyz, runs
+// each workload at each concurrency level for -d, and stops the cluster
+// (also on Ctrl-C or error). With -targets it drives an existing cluster and
+// reports no process figures.
+//
+// Workloads: write (POST /raft/api/set round-robin over the nodes), read
+// (GET /kv/{key}, linearizable) and read-local (GET /kv/{key}?consistency=local).
+// Reads use keys k0..k<keys-1>, written once before the first read point.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	interrupted := ctx.Err() != nil
+	stop()
+	if interrupted {
+		fmt.Fprintln(os.Stderr, "bench: interrupted; the cluster is stopped")
+		os.Exit(130)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// options are the command's flags.
+type options struct {
+	load          loadConfig
+	targets       []string
+	demoBin       string
+	snapshotCount uint64
+	jsonOut       string
+	keep          bool
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	workloads := fs.String("workloads", "write,read,read-local", "comma list of workloads: write, read, read-local")
+	conc := fs.String("c", "1,16,128", "comma list of concurrency levels, each run as its own point")
+	d := fs.Duration("d", 10*time.Second, "duration of each point")
+	valueSize := fs.Int("value-size", 100, "bytes per written value")
+	keys := fs.Int("keys", 1000, "key space: writes use k<seq mod keys>, reads pick k0..k<keys-1> at random")
+	targets := fs.String("targets", "", "comma list of base URLs of an existing cluster (default: start a local 3-node demo cluster)")
+	token := fs.String("token", "", "cluster token: passed to the demo nodes and sent as a bearer token")
+	snap := fs.Uint64("snapshot-count", 0, "the demo's -snapshot-count (0: the demo's default)")
+	jsonOut := fs.String("json", "", "also write the results as JSON to this file")
+	profile := fs.String("profile", "", "save the leader's CPU and allocation profiles of each point in this directory (needs the demo's -pprof)")
+	demoBin := fs.String("demo", "", "demo binary to start (default: go build ./demo)")
+	keep := fs.Bool("keep", false, "keep the local cluster's data directories and logs")
+	if err := fs.Parse(args); err != nil {
+		return options{}, err
+	}
+	if fs.NArg() > 0 {
+		return options{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	o := options{
+		load: loadConfig{
+			Duration:   *d,
+			ValueSize:  *valueSize,
+			Keys:       *keys,
+			Token:      *token,
+			ProfileDir: *profile,
+		},
+		demoBin:       *demoBin,
+		snapshotCount: *snap,
+		jsonOut:       *jsonOut,
+		keep:          *keep,
+	}
+	var errs []error
+	for _, w := range splitList(*workloads) {
+		if !validWorkload(w) {
+			errs = append(errs, fmt.Errorf("-workloads: unknown workload %q (want write, read or read-local)", w))
+		}
+		o.load.Workloads = append(o.load.Workloads, w)
+	}
+	if len(o.load.Workloads) == 0 {
+		errs = append(errs, errors.New("-workloads: empty"))
+	}
+	for _, s := range splitList(*conc) {
+		c, err := strconv.Atoi(s)
+		if err != nil || c < 1 {
+			errs = append(errs, fmt.Errorf("-c: %q is not a positive integer", s))
+			continue
+		}
+		o.load.Concurrency = append(o.load.Concurrency, c)
+	}
+	if len(o.load.Concurrency) == 0 {
+		errs = append(errs, errors.New("-c: empty"))
+	}
+	if *d <= 0 {
+		errs = append(errs, errors.New("-d must be positive"))
+	}
+	if *valueSize < 0 {
+		errs = append(errs, errors.New("-value-size must not be negative"))
+	}
+	if *keys < 1 {
+		errs = append(errs, errors.New("-keys must be at least 1"))
+	}
+	for _, t := range splitList(*targets) {
+		o.targets = append(o.targets, strings.TrimSuffix(t, "/"))
+	}
+	return o, errors.Join(errs...)
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// run parses args, sets up the cluster, runs every point and prints the
+// report. The local cluster is stopped before run returns, whatever happens.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	o, err := parseFlags(args, stderr)
+	if err != nil {
+		return err
+	}
+	if o.load.ProfileDir != "" {
+		if err := os.MkdirAll(o.load.ProfileDir, 0o750); err != nil {
+			return err
+		}
+	}
+	var targets []target
+	if len(o.targets) > 0 {
+		for _, u := range o.targets {
+			targets = append(targets, target{URL: u})
+		}
+	} else {
+		c, err := startCluster(ctx, clusterOptions{
+			Nodes:         3,
+			DemoBin:       o.demoBin,
+			Token:         o.load.Token,
+			SnapshotCount: o.snapshotCount,
+			Pprof:         o.load.ProfileDir != "",
+			Keep:          o.keep,
+			Log:           stderr,
+		})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if cerr := c.Close(); cerr != nil && err == nil {
+				err = cerr
+			}
+		}()
+		targets = c.Targets()
+	}
+	rep, err := runBench(ctx, o.load, targets, stderr)
+	if rep != nil && len(rep.Points) > 0 {
+		writeTable(stdout, rep)
+		if o.jsonOut != "" {
+			if jerr := writeJSONFile(o.jsonOut, rep); jerr != nil && err == nil {
+				err = jerr
+			}
+		}
+	}
+	return err
+}
+
+func writeJSONFile(path string, rep *report) error {
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
