@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/raft/v3"
@@ -282,4 +283,39 @@ func (g *confGate) applied(req uint64) {
 	if g.pendingReq == req {
 		g.pendingReq = 0
 	}
+}
+
+// heardTracker records when a message last arrived from each peer, so the
+// leader knows which voters are alive right now (raft's RecentActive is
+// reset every election timeout, and rafthttp keeps a stream to a dead peer
+// behind a proxy open).
+type heardTracker struct {
+	mu sync.RWMutex
+	at map[uint64]*atomic.Int64
+}
+
+func (h *heardTracker) touch(id uint64) {
+	h.mu.RLock()
+	a := h.at[id]
+	h.mu.RUnlock()
+	if a == nil {
+		h.mu.Lock()
+		if h.at == nil {
+			h.at = map[uint64]*atomic.Int64{}
+		}
+		if a = h.at[id]; a == nil {
+			a = new(atomic.Int64)
+			h.at[id] = a
+		}
+		h.mu.Unlock()
+	}
+	a.Store(time.Now().UnixNano())
+}
+
+// after reports whether a message from id arrived after t.
+func (h *heardTracker) after(id uint64, t time.Time) bool {
+	h.mu.RLock()
+	a := h.at[id]
+	h.mu.RUnlock()
+	return a != nil && a.Load() > t.UnixNano()
 }

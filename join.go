@@ -265,48 +265,42 @@ func (n *Node) removeMemberLocal(ctx context.Context, id uint64) error {
 		}
 		return fmt.Errorf("%w: no member %d", ErrNotFound, id)
 	}
-	if err := n.waitQuorumAfterRemoval(ctx, id); err != nil {
+	since := time.Now()
+	if err := n.waitQuorumAfterRemoval(ctx, id, since); err != nil {
 		return err
 	}
 	if id == n.id {
-		return n.stepDownFor(ctx)
+		return n.stepDownFor(ctx, since)
 	}
 	return n.changeMembership(ctx, func() (raftpb.ConfChange, string, error) {
 		m, ok := n.reg.member(id)
 		if !ok {
 			return raftpb.ConfChange{}, "", fmt.Errorf("%w: no member %d", ErrNotFound, id)
 		}
-		if err := n.checkQuorumAfterRemoval(id); err != nil {
+		if err := n.checkQuorumAfterRemoval(id, since); err != nil {
 			return raftpb.ConfChange{}, "", err
 		}
 		return raftpb.ConfChange{Type: raftpb.ConfChangeRemoveNode, NodeID: id}, m.Addr, nil
 	})
 }
 
-// peerActive reports whether the leader currently hears from voter id: its
-// peer stream is up and raft is replicating to it. A member that was just
-// killed fails both within a heartbeat or two.
-func (n *Node) peerActive(id uint64, pr tracker.Progress) bool {
-	if id == n.id {
-		return true
-	}
-	tr := n.peerTr.Load()
-	return tr != nil && !tr.ActiveSince(typesID(id)).IsZero() && pr.State == tracker.StateReplicate
-}
-
 // checkQuorumAfterRemoval refuses (ErrConflict) to remove member id when
-// the voters left would not include a quorum of live ones: the cluster
-// would have no leader until a dead voter came back (etcd's
-// StrictReconfigCheck).
-func (n *Node) checkQuorumAfterRemoval(id uint64) error {
+// the voters left would not include a quorum of live ones, a live voter
+// being one this leader has heard from since the request arrived (its
+// heartbeat answers come every tick): the cluster would have no leader
+// until a dead voter came back (etcd's StrictReconfigCheck).
+func (n *Node) checkQuorumAfterRemoval(id uint64, since time.Time) error {
 	st := n.rn.Status()
+	if st.RaftState != raft.StateLeader {
+		return ErrNotLeader
+	}
 	voters, live := 0, 0
 	for vid, pr := range st.Progress {
 		if pr.IsLearner || vid == id {
 			continue
 		}
 		voters++
-		if n.peerActive(vid, pr) {
+		if vid == n.id || n.heard.after(vid, since) {
 			live++
 		}
 	}
@@ -314,7 +308,7 @@ func (n *Node) checkQuorumAfterRemoval(id uint64) error {
 		return fmt.Errorf("%w: cannot remove the only voter", ErrConflict)
 	}
 	if live < voters/2+1 {
-		return fmt.Errorf("%w: removing member %d would leave %d voters of which only %d are reachable, "+
+		return fmt.Errorf("%w: removing member %d would leave %d voters of which only %d answer, "+
 			"fewer than the %d a quorum needs; bring the down members back (or remove them) first",
 			ErrConflict, id, voters, live, voters/2+1)
 	}
@@ -322,15 +316,15 @@ func (n *Node) checkQuorumAfterRemoval(id uint64) error {
 }
 
 // waitQuorumAfterRemoval runs checkQuorumAfterRemoval until it passes, for
-// at most an election timeout: right after an election, or after a peer
-// reconnected, the leader needs a heartbeat or two to see its peers active.
-func (n *Node) waitQuorumAfterRemoval(ctx context.Context, id uint64) error {
-	deadline := time.Now().Add(time.Duration(n.cfg.ElectionTicks) * n.cfg.TickInterval)
-	t := time.NewTicker(n.cfg.TickInterval)
+// at most an election timeout (500ms at least): live voters answer the next
+// heartbeat within a tick.
+func (n *Node) waitQuorumAfterRemoval(ctx context.Context, id uint64, since time.Time) error {
+	deadline := since.Add(max(time.Duration(n.cfg.ElectionTicks)*n.cfg.TickInterval, 500*time.Millisecond))
+	t := time.NewTicker(n.cfg.TickInterval / 2)
 	defer t.Stop()
 	for {
-		err := n.checkQuorumAfterRemoval(id)
-		if err == nil || time.Now().After(deadline) {
+		err := n.checkQuorumAfterRemoval(id, since)
+		if err == nil || errors.Is(err, ErrNotLeader) || time.Now().After(deadline) {
 			return err
 		}
 		select {
@@ -343,17 +337,18 @@ func (n *Node) waitQuorumAfterRemoval(ctx context.Context, id uint64) error {
 	}
 }
 
-// stepDownFor hands leadership to the most up-to-date live voter so that it
-// can remove this node, then reports ErrNotLeader so the caller forwards the
-// removal to the new leader. A voter that is down is never chosen.
-func (n *Node) stepDownFor(ctx context.Context) error {
+// stepDownFor hands leadership to the most up-to-date voter heard from
+// since the removal was asked for, so that it can remove this node, then
+// reports ErrNotLeader so the caller forwards the removal to the new
+// leader. A voter that is down is never chosen.
+func (n *Node) stepDownFor(ctx context.Context, since time.Time) error {
 	st := n.rn.Status()
 	if st.RaftState != raft.StateLeader {
 		return ErrNotLeader
 	}
 	var to, best uint64
 	for id, pr := range st.Progress {
-		if id != n.id && !pr.IsLearner && n.peerActive(id, pr) && (to == 0 || pr.Match > best) {
+		if id != n.id && !pr.IsLearner && n.heard.after(id, since) && (to == 0 || pr.Match > best) {
 			to, best = id, pr.Match
 		}
 	}
@@ -362,8 +357,11 @@ func (n *Node) stepDownFor(ctx context.Context) error {
 	}
 	n.log.Info("transferring leadership before removing this node", "to", to)
 	n.rn.TransferLeadership(ctx, n.id, to)
-	if _, err := n.waitLeaderWhere(ctx, func(lead uint64) bool { return lead != 0 && lead != n.id }); err != nil {
-		return fmt.Errorf("%w: leadership transfer before removal: %v", ErrNoLeader, err)
+	// raft gives up a transfer after an election timeout.
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Duration(n.cfg.ElectionTicks)*n.cfg.TickInterval)
+	defer cancel()
+	if _, err := n.waitLeaderWhere(wctx, func(lead uint64) bool { return lead != 0 && lead != n.id }); err != nil {
+		return fmt.Errorf("%w: leadership transfer to %d before removal: %v", ErrNoLeader, to, err)
 	}
 	return ErrNotLeader
 }

@@ -106,6 +106,8 @@ type Node struct {
 	standaloneMarked atomic.Bool
 	// starter is the leader's record of its last kindStarted proposal.
 	starter startedProposer
+	// heard is when each peer's last raft message arrived.
+	heard heardTracker
 
 	stopc     chan struct{} // closed to stop every goroutine
 	closed    atomic.Bool   // Close was called: every route and method refuses

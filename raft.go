@@ -166,6 +166,7 @@ func (p peerRaft) Process(ctx context.Context, m raftpb.Message) error {
 	if reason := p.n.checkPeerMessage(m); reason != "" {
 		return peerError{http.StatusBadRequest, "refused raft message: " + reason}
 	}
+	p.n.heard.touch(m.From)
 	if err := p.n.rn.Step(ctx, m); err != nil {
 		return peerError{http.StatusServiceUnavailable, err.Error()}
 	}
