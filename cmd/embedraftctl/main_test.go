@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"encoding/pem"
 	"flag"
 	"fmt"
 	"net"
@@ -352,4 +353,40 @@ func newTestFlagSet(o *options, id *uint64) *flag.FlagSet {
 	fs.Uint64Var(id, "id", 0, "")
 	o.register(fs)
 	return fs
+}
+
+func TestTLS(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("backup bytes"))
+	}))
+	defer srv.Close()
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca.pem")
+	pemCert := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	if err := os.WriteFile(ca, pemCert, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "b")
+	t.Run("CACert", func(t *testing.T) {
+		if code, _, errOut := ctl(t, "-endpoints", srv.URL, "-cacert", ca, "backup", file); code != exitOK {
+			t.Fatalf("exit %d, stderr %q", code, errOut)
+		}
+	})
+	t.Run("InsecureSkipVerify", func(t *testing.T) {
+		if code, _, errOut := ctl(t, "-endpoints", srv.URL, "-insecure-skip-verify", "backup", file); code != exitOK {
+			t.Fatalf("exit %d, stderr %q", code, errOut)
+		}
+	})
+	t.Run("ErrUnknownAuthority", func(t *testing.T) {
+		code, _, errOut := ctl(t, "-endpoints", srv.URL, "backup", file)
+		if code != exitFailed || !strings.Contains(errOut, "certificate") {
+			t.Fatalf("exit %d, stderr %q", code, errOut)
+		}
+	})
+	t.Run("ErrBadCACert", func(t *testing.T) {
+		code, _, errOut := ctl(t, "-endpoints", srv.URL, "-cacert", file, "backup", file)
+		if code != exitFailed || !strings.Contains(errOut, "no PEM certificate") {
+			t.Fatalf("exit %d, stderr %q", code, errOut)
+		}
+	})
 }
