@@ -200,7 +200,10 @@ func transportError(method, u string, err error) error {
 		err = ue.Err
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%s %s: no answer in time: %w", method, u, err)
+		if method != "GET" {
+			return fmt.Errorf("%s %s: no answer within -timeout, the change may still take effect (check with status): %w", method, u, err)
+		}
+		return fmt.Errorf("%s %s: no answer within -timeout: %w", method, u, err)
 	}
 	return fmt.Errorf("%s %s: %w", method, u, err)
 }

@@ -390,3 +390,23 @@ func TestTLS(t *testing.T) {
 		}
 	})
 }
+
+func TestErrTimeout(t *testing.T) {
+	stop := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		select { // never answers
+		case <-r.Context().Done():
+		case <-stop:
+		}
+	}))
+	defer srv.Close()
+	defer close(stop) // before Close, which waits for the handlers
+	code, _, errOut := ctl(t, "-endpoints", srv.URL, "-timeout", "100ms", "remove", "2")
+	if code != exitFailed || !strings.Contains(errOut, "may still take effect") {
+		t.Errorf("remove: exit %d, stderr %q", code, errOut)
+	}
+	code, _, errOut = ctl(t, "-endpoints", srv.URL, "-timeout", "100ms", "status")
+	if code != exitUnhealthy || !strings.Contains(errOut, "no answer within -timeout") {
+		t.Errorf("status: exit %d, stderr %q", code, errOut)
+	}
+}

@@ -100,7 +100,7 @@ func (c *client) discover(ctx context.Context) (string, peerList, error) {
 // clusterStatus lists the members and queries each one's status at once.
 // A negative maxLag does not check lag.
 func (c *client) clusterStatus(ctx context.Context, maxLag int64) clusterStatus {
-	st := clusterStatus{Time: time.Now().UTC()}
+	st := clusterStatus{Time: time.Now().UTC(), Members: []memberStatus{}}
 	ep, pl, err := c.discover(ctx)
 	if err != nil {
 		st.Problems = []string{err.Error()}
