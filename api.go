@@ -66,7 +66,9 @@ func (n *Node) routes() http.Handler {
 	r.Handle("/raft/probing", peer)
 	r.Handle("/raft/snapshot", peer)
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, "ok", n.stopped()) })
-	r.Get("/readyz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, n.Status(), n.ready()) })
+	r.Get("/readyz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, n.Status(), n.ready(r.URL.Query().Has("noleader")))
+	})
 	r.Handle("/metrics", promhttp.Handler())
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, nil, fmt.Errorf("%w: no route %s %s", ErrNotFound, r.Method, r.URL.Path))
@@ -321,7 +323,10 @@ func (n *Node) requireCluster(next http.Handler) http.Handler {
 
 // ready reports whether the node can serve writes: standalone, or in a
 // cluster with a known leader and applied up to the commit it knows of.
-func (n *Node) ready() error {
+// With noleader (GET /readyz?noleader) a leader is not required: an
+// orchestrator that starts members one by one, or all at once, can mark
+// each ready once it has caught up with what it knows.
+func (n *Node) ready(noleader bool) error {
 	if err := n.stopped(); err != nil {
 		return err
 	}
@@ -331,7 +336,7 @@ func (n *Node) ready() error {
 		return ErrRemoved
 	case s.Mode == ModeStandalone:
 		return nil
-	case s.Leader == 0:
+	case s.Leader == 0 && !noleader:
 		return ErrNoLeader
 	case s.Applied < s.Commit:
 		return fmt.Errorf("%w: applied %d of %d committed", ErrNoLeader, s.Applied, s.Commit)

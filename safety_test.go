@@ -427,3 +427,26 @@ func httptestRecorder(h http.Handler, method, path, body string) int {
 	h.ServeHTTP(rec, httptest.NewRequest(method, path, strings.NewReader(body)))
 	return rec.Code
 }
+
+// GET /readyz?noleader is ready once a member has applied what it knows to
+// be committed, leader or not (orchestrators that start pods in parallel).
+func TestReadyzNoLeader(t *testing.T) {
+	c := tc.NewStatic(t, 3)
+	c.WaitLeader(10 * time.Second)
+	survivor := c.Members[0]
+	for _, m := range c.Members[1:] {
+		m.Stop()
+	}
+	tc.Eventually(t, 10*time.Second, func() error {
+		if st := survivor.Node.Status(); st.Leader != 0 {
+			return fmt.Errorf("still sees leader %d", st.Leader)
+		}
+		return nil
+	})
+	if code := httptestRecorder(survivor.Node.Handler(), "GET", "/readyz", ""); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz without a leader: %d", code)
+	}
+	if code := httptestRecorder(survivor.Node.Handler(), "GET", "/readyz?noleader", ""); code != http.StatusOK {
+		t.Fatalf("/readyz?noleader without a leader: %d", code)
+	}
+}
