@@ -219,9 +219,12 @@ const maxSmallPeerMessageBytes = 64 << 10
 // ErrStopped once Close was called: closed means closed.
 func (n *Node) refuseWhenClosed(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if n.closed.Load() {
+		if n.closed.Load() && !strings.HasPrefix(r.URL.Path, "/raft/stream/") {
 			switch r.URL.Path {
-			case "/raft/api/status", "/raft/api/getPeerList", "/metrics", "/healthz", "/readyz":
+			case "/raft/api/status", "/raft/api/getPeerList", "/metrics", "/healthz", "/readyz",
+				// rafthttp's routes serve raft until the transport stops (a
+				// closing leader hands leadership over first).
+				"/raft", "/raft/probing":
 			default:
 				writeJSON(w, nil, fmt.Errorf("%w: node closed", ErrStopped))
 				return

@@ -600,13 +600,54 @@ func (n *Node) release() {
 
 // Close stops the node and every goroutine it started, waiting at most
 // until ctx ends. The data directory is left as it is.
+//
+// A leader first hands leadership to its most caught-up live voter (waiting
+// at most an election timeout), so the cluster does not sit through an
+// election timeout without a leader: writes in flight on the way to it are
+// refused with a retryable 503 and followers retry them on the new leader.
 func (n *Node) Close(ctx context.Context) error {
 	n.closed.Store(true)
+	n.handOff(ctx)
 	n.stop(nil)
 	select {
 	case <-n.done:
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("close: %w", ctx.Err())
+	}
+}
+
+// handOff transfers leadership away from a closing leader to the voter with
+// the highest match index among those heard from within the last three
+// heartbeats, and waits until it has taken over, at most an election
+// timeout (raft abandons a transfer after that).
+func (n *Node) handOff(ctx context.Context) {
+	if n.Mode() != ModeCluster || raft.StateType(n.raftState.Load()) != raft.StateLeader {
+		return
+	}
+	select {
+	case <-n.stopc:
+		return
+	default:
+	}
+	st := n.rn.Status()
+	recent := time.Now().Add(-3 * time.Duration(n.cfg.HeartbeatTicks) * n.cfg.TickInterval)
+	var to, best uint64
+	for id, pr := range st.Progress {
+		if id != n.id && !pr.IsLearner && n.heard.after(id, recent) && (to == 0 || pr.Match > best) {
+			to, best = id, pr.Match
+		}
+	}
+	if to == 0 {
+		return
+	}
+	start := time.Now()
+	n.rn.TransferLeadership(ctx, n.id, to)
+	wctx, cancel := context.WithTimeout(ctx, time.Duration(n.cfg.ElectionTicks)*n.cfg.TickInterval)
+	defer cancel()
+	if lead, err := n.waitLeaderWhere(wctx, func(lead uint64) bool { return lead != 0 && lead != n.id }); err != nil {
+		n.log.Warn("closing leader could not hand leadership over", "to", to, "err", err)
+	} else {
+		n.log.Info("closing leader handed leadership over", "to", lead, "took", time.Since(start))
 	}
 }

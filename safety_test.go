@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -448,5 +449,70 @@ func TestReadyzNoLeader(t *testing.T) {
 	}
 	if code := httptestRecorder(survivor.Node.Handler(), "GET", "/readyz?noleader", ""); code != http.StatusOK {
 		t.Fatalf("/readyz?noleader without a leader: %d", code)
+	}
+}
+
+// Close on a leader hands leadership to a live voter before it stops, so
+// the others do not wait an election timeout; writes through followers
+// during the hand-off are retried on the new leader, not failed.
+func TestCloseLeaderHandsOff(t *testing.T) {
+	c := tc.NewStatic(t, 3)
+	lead := c.WaitLeader(10 * time.Second)
+	others := c.Followers()
+	term := lead.Node.Status().Term
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	var failed []string
+	var mu sync.Mutex
+	var acked atomic.Int64
+	waitAcked := func(n int64) {
+		target := acked.Load() + n
+		tc.Eventually(t, 10*time.Second, func() error {
+			if got := acked.Load(); got < target {
+				return fmt.Errorf("%d writes acknowledged, want %d", got, target)
+			}
+			return nil
+		})
+	}
+	for i, f := range others {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; ; j++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				code, body, err := c.Set(f, fmt.Sprintf("w%d-%d", i, j), "v")
+				if err != nil || code != 200 {
+					mu.Lock()
+					failed = append(failed, fmt.Sprintf("%d %v %s", code, err, body))
+					mu.Unlock()
+				} else {
+					acked.Add(1)
+				}
+			}
+		}()
+	}
+	waitAcked(20) // writes flow before the hand-off
+	lead.Stop()
+	var newLead uint64
+	for _, f := range others {
+		if st := f.Node.Status(); st.State == "leader" {
+			newLead = f.ID
+		}
+	}
+	if newLead == 0 {
+		t.Fatalf("no member leads right after the leader closed: it did not hand over")
+	}
+	if st := c.Member(newLead).Node.Status(); st.Term != term+1 {
+		t.Fatalf("new leader's term %d, want %d (one transfer)", st.Term, term+1)
+	}
+	waitAcked(20) // and on the new leader
+	close(stop)
+	wg.Wait()
+	if len(failed) > 0 {
+		t.Fatalf("%d writes failed during the hand-off, e.g. %s", len(failed), failed[0])
 	}
 }

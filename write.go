@@ -239,8 +239,10 @@ func (n *Node) forward(ctx context.Context, lead uint64, body []byte) (res write
 	}
 	if resp.Status/100 != 2 {
 		err := decodeAnswer(resp, nil)
-		if errors.Is(err, ErrNotLeader) {
-			return res, true, nil // refused before proposing: try the next leader
+		if errors.Is(err, ErrNotLeader) || (errors.Is(err, ErrStopped) && !errors.Is(err, ErrUnknownOutcome)) {
+			// Refused before proposing (not the leader, or a leader that is
+			// closing): try the next leader.
+			return res, true, nil
 		}
 		// The leader's refusal (or unknown outcome), kept for the HTTP
 		// route to pass on unchanged.
