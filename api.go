@@ -56,6 +56,7 @@ func (n *Node) routes() http.Handler {
 	})
 	r.With(n.requireToken, n.requireCluster).Post(transport.ProposePath, n.handlePropose)
 	r.With(n.requireToken).Post(transport.JoinPath, n.handleAddNode)
+	r.With(n.requireToken, n.requireCluster).Post(transport.AddressPath, n.handleAddress)
 	r.With(n.requireToken).Get(transport.MembershipPath, func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, n.Membership(), nil)
 	})

@@ -156,6 +156,10 @@ func (a *applier) applyConfChange(index uint64, cc raftpb.ConfChangeV2) {
 			if first, err := n.storage.FirstIndex(); err == nil && first > 1 {
 				a.snapNow = true
 			}
+		case raftpb.ConfChangeUpdateNode:
+			if m, ok := n.reg.member(ch.NodeID); ok && ch.NodeID != n.id && m.Addr != "" {
+				n.updatePeer(tr, ch.NodeID, m.Addr)
+			}
 		case raftpb.ConfChangeRemoveNode:
 			if ch.NodeID == n.id {
 				n.markRemoved()

@@ -191,7 +191,8 @@ func checkConfChange(cc raftpb.ConfChangeV2) error {
 	}
 	ch := cc.Changes[0]
 	switch ch.Type {
-	case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode, raftpb.ConfChangeRemoveNode:
+	case raftpb.ConfChangeAddNode, raftpb.ConfChangeAddLearnerNode, raftpb.ConfChangeRemoveNode,
+		raftpb.ConfChangeUpdateNode:
 	default:
 		return fmt.Errorf("membership change: type %v", ch.Type)
 	}

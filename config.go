@@ -42,8 +42,11 @@ type Config struct {
 	ID uint64
 
 	// AdvertiseURL is the base URL other nodes use to reach this node's
-	// Handler, e.g. "http://10.0.0.5:8080". Required. With Peers it must
-	// equal Peers[ID].
+	// Handler, e.g. "http://10.0.0.5:8080". Required. A new static member
+	// (Peers) must advertise Peers[ID]. A member restarted on its data
+	// directory with another AdvertiseURL keeps its id: it announces the new
+	// address to the cluster through the log (Peers may still name the old
+	// one).
 	AdvertiseURL string
 
 	// DataDir holds the WAL (DataDir/wal) and snapshots (DataDir/snap).
@@ -188,10 +191,8 @@ func (c Config) Validate() error {
 	if len(c.Peers) > 0 {
 		if c.ID == 0 {
 			bad("ID is required with Peers")
-		} else if u, ok := c.Peers[c.ID]; !ok {
+		} else if _, ok := c.Peers[c.ID]; !ok {
 			bad("ID %d is not in Peers", c.ID)
-		} else if c.AdvertiseURL != "" && strings.TrimSuffix(u, "/") != strings.TrimSuffix(c.AdvertiseURL, "/") {
-			bad("AdvertiseURL %q differs from Peers[%d] %q", c.AdvertiseURL, c.ID, u)
 		}
 		seen := map[string]uint64{}
 		for id, u := range c.Peers {

@@ -237,6 +237,10 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 	case joined != nil:
 		err = n.startJoined(joined)
 	case len(cfg.Peers) > 0:
+		if u := strings.TrimSuffix(cfg.Peers[n.id], "/"); u != cfg.AdvertiseURL {
+			err = fmt.Errorf("%w: AdvertiseURL %q differs from Peers[%d] %q", ErrInvalidConfig, cfg.AdvertiseURL, n.id, u)
+			break
+		}
 		n.bootstrapIndex = uint64(len(cfg.Peers))
 		err = n.bootstrapRaft(cfg.Peers, staticClusterID(cfg.Peers))
 	case cfg.Cluster && n.standaloneMarked.Load():
@@ -406,6 +410,11 @@ func (n *Node) restartRaft(disk *diskStorage, rec recovered) error {
 	}
 	n.log.Info("restarted from disk", "snapshot_index", snapIndex, "wal_entries", len(rec.entries),
 		"commit", rec.hardState.Commit)
+	if m, ok := n.reg.member(n.id); ok && m.Addr != n.cfg.AdvertiseURL && n.Mode() != ModeRemoved {
+		n.log.Info("restarted with a new address; announcing it to the cluster", "old", m.Addr, "new", n.cfg.AdvertiseURL)
+		n.loops.Add(1)
+		go n.announceAddress() // exits once the new address is applied, or on stop
+	}
 	return nil
 }
 

@@ -69,6 +69,14 @@ func (r *registry) applyConfChange(cc raftpb.ConfChangeV2) error {
 				info.Role = RoleLearner
 			}
 			r.st.Members[id] = info
+		case raftpb.ConfChangeUpdateNode:
+			// A member moved: only its address changes.
+			info, ok := r.st.Members[id]
+			var ctx confContext
+			if ok && json.Unmarshal(cc.Context, &ctx) == nil && ctx.ID == id && ctx.Addr != "" {
+				info.Addr = ctx.Addr
+				r.st.Members[id] = info
+			}
 		case raftpb.ConfChangeRemoveNode:
 			delete(r.st.Members, id)
 			r.st.Started = removeID(r.st.Started, id)

@@ -64,8 +64,12 @@ func run(args []string) error {
 		return fmt.Errorf("-peers: %w", err)
 	}
 	if *advertise == "" {
+		// http://<addr>; a node listening on every interface cannot
+		// advertise that, so it takes its own -peers entry. A member that
+		// moved keeps its old -peers and gives its new -addr.
 		*advertise = "http://" + *addr
-		if u, ok := peerMap[*id]; ok {
+		host, _, _ := net.SplitHostPort(*addr)
+		if u, ok := peerMap[*id]; ok && (host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified()) {
 			*advertise = u
 		}
 	}

@@ -33,6 +33,9 @@ const (
 	ProposePath = "/raft/node/propose"
 	// JoinPath is where a new node asks for membership.
 	JoinPath = "/raft/node/join"
+	// AddressPath is where a member that restarted with a new advertised
+	// URL asks the leader to record it.
+	AddressPath = "/raft/node/address"
 	// MembershipPath serves the replicated membership to peers (a member
 	// starting with an empty data directory asks whether it already ran).
 	MembershipPath = "/raft/node/membership"

@@ -237,6 +237,22 @@ func (m *Member) TryRestart(opts ...Option) error {
 	return err
 }
 
+// MoveToNewPort gives a stopped member a new loopback address (its data
+// directory, and its Peers naming the old address, are kept) and returns
+// its new URL, now its AdvertiseURL for the next restart.
+func (m *Member) MoveToNewPort() string {
+	m.c.T.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		m.c.T.Fatalf("listen: %v", err)
+	}
+	m.addr = ln.Addr().String()
+	ln.Close()
+	m.URL = "http://" + m.addr
+	m.cfg.AdvertiseURL = m.URL
+	return m.URL
+}
+
 // Wipe deletes the member's data directory (the member must be stopped),
 // as an operator who lost a disk would.
 func (m *Member) Wipe() {
