@@ -70,6 +70,14 @@ type Config struct {
 	// standalone. Ignored when Peers is set or a WAL exists.
 	Cluster bool
 
+	// ForceNewCluster restarts a member from its data directory as a
+	// one-member cluster after its cluster lost quorum for good: it keeps
+	// its id, the cluster id and every entry of its log, and drops the other
+	// members through the log; new members then join it. One-shot: the
+	// first run leaves DataDir/FORCED_NEW_CLUSTER and later runs with the
+	// flag do nothing (delete the file to force again). Requires a WAL.
+	ForceNewCluster bool
+
 	// Token, when set, must be presented by peers and admins (header
 	// "Authorization: Bearer <token>") on the /raft/node/ routes and the
 	// admin routes; on rafthttp's routes peers prove it through the cluster

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"sort"
@@ -463,5 +464,60 @@ func TestMemberMovesToNewAddress(t *testing.T) {
 		if len(m.Node.Peers().Peers) != 3 {
 			t.Fatalf("membership after the move: %v", m.Node.Peers())
 		}
+	}
+}
+
+// After losing two of three members for good, the survivor restarts with
+// ForceNewCluster as a one-member cluster with every write; new members join
+// it. Restarting it again with the flag keeps the members that joined.
+func TestForceNewClusterAfterQuorumLoss(t *testing.T) {
+	c := tc.NewStatic(t, 3)
+	lead := c.WaitLeader(10 * time.Second)
+	for i := range 20 {
+		c.MustSet(c.Running()[i%3], fmt.Sprintf("k%d", i), "v")
+	}
+	cid := lead.Node.Status().ClusterID
+	for _, m := range c.Followers() {
+		m.Stop()
+		m.Wipe()
+	}
+	lead.Stop()
+	force := func(cfg *embedraft.Config) { cfg.ForceNewCluster = true }
+	if err := lead.TryRestart(force); err != nil {
+		t.Fatalf("force new cluster: %v", err)
+	}
+	st := lead.Node.Status()
+	if st.State != "leader" || st.ClusterID != cid || st.ID != lead.ID {
+		t.Fatalf("after force: %+v (cluster %s, id %d)", st, cid, lead.ID)
+	}
+	if n := len(lead.Node.Peers().Peers); n != 1 {
+		t.Fatalf("after force: %d members", n)
+	}
+	for i := range 20 {
+		if code, v := readKey(t, c, lead, fmt.Sprintf("k%d", i)); code != 200 || !strings.Contains(v, "v") {
+			t.Fatalf("k%d after force: %d %s", i, code, v)
+		}
+	}
+	c.MustSet(lead, "after-force", "1")
+	c.Join(lead)
+	c.Join(lead)
+	waitVoters(t, c, 3)
+	state := c.WaitConverged(20 * time.Second)
+	if len(state) != 21 {
+		t.Fatalf("state after joins: %d keys", len(state))
+	}
+	// One-shot: the flag given again does not drop the new members.
+	lead.Stop()
+	if err := lead.TryRestart(force); err != nil {
+		t.Fatalf("restart with the flag again: %v", err)
+	}
+	c.WaitLeader(20 * time.Second)
+	if n := len(lead.Node.Peers().Peers); n != 3 {
+		t.Fatalf("the flag given again dropped members: %v", lead.Node.Peers())
+	}
+	c.SetEventually("after-restart", "1", 20*time.Second)
+	// Without a WAL the flag is refused.
+	if _, err := embedraft.New(embedraft.Config{AdvertiseURL: "http://127.0.0.1:1", DataDir: t.TempDir(), ForceNewCluster: true}, nopService{}); !errors.Is(err, embedraft.ErrInvalidConfig) {
+		t.Fatalf("force without a WAL: %v", err)
 	}
 }

@@ -184,6 +184,11 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 	var rec recovered
 	var disk *diskStorage
 	var joined *JoinResponse
+	var forced bool // this start forced a new cluster
+	if cfg.ForceNewCluster && !hasWAL(cfg.DataDir) {
+		return nil, fmt.Errorf("%w: ForceNewCluster needs a data directory that holds a WAL; %s has none",
+			ErrInvalidConfig, cfg.DataDir)
+	}
 	switch {
 	case hasWAL(cfg.DataDir):
 		var err error
@@ -197,6 +202,13 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		}
 		n.id = rec.meta.NodeID
 		n.clusterID.Store(rec.meta.ClusterID)
+		if cfg.ForceNewCluster && n.Mode() != ModeRemoved {
+			n.setLogger()
+			if rec, forced, err = n.forceNewCluster(disk, rec); err != nil {
+				disk.close()
+				return nil, err
+			}
+		}
 	case cfg.Join != "" && n.Mode() != ModeRemoved:
 		if n.standaloneMarked.Load() {
 			return nil, fmt.Errorf("%w: data dir %s holds writes made in standalone mode; joining another cluster "+
@@ -233,7 +245,11 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		n.log.Warn("node was removed from its cluster; serving status only")
 		n.stop(nil)
 	case disk != nil:
-		err = n.restartRaft(disk, rec)
+		if err = n.restartRaft(disk, rec); err == nil && forced {
+			if err = n.campaignAlone(ctx); err == nil {
+				_, err = n.waitLeaderWhere(ctx, func(lead uint64) bool { return lead != 0 })
+			}
+		}
 	case joined != nil:
 		err = n.startJoined(joined)
 	case len(cfg.Peers) > 0:

@@ -45,6 +45,8 @@ func run(args []string) error {
 	cluster := fs.Bool("cluster", false, "start as a one-member cluster instead of standalone")
 	token := fs.String("token", os.Getenv("EMBEDRAFT_TOKEN"), "cluster secret (also EMBEDRAFT_TOKEN)")
 	snapCount := fs.Uint64("snapshot-count", embedraft.DefaultSnapshotCount, "applied entries between snapshots")
+	forceNew := fs.Bool("force-new-cluster", false, "restart from this data directory as a one-member cluster "+
+		"after losing quorum (keeps every write, its id and the cluster id; drops the other members). One-shot")
 	pprofFlag := fs.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ (open to anyone who can reach -addr)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -98,16 +100,17 @@ func run(args []string) error {
 		return err
 	}
 	node, err := embedraft.New(embedraft.Config{
-		ID:            *id,
-		AdvertiseURL:  strings.TrimSuffix(*advertise, "/"),
-		DataDir:       *dataDir,
-		Peers:         peerMap,
-		Join:          *join,
-		Cluster:       *cluster,
-		Token:         *token,
-		SnapshotCount: *snapCount,
-		DialOverride:  dial,
-		Logger:        logger,
+		ID:              *id,
+		AdvertiseURL:    strings.TrimSuffix(*advertise, "/"),
+		DataDir:         *dataDir,
+		Peers:           peerMap,
+		Join:            *join,
+		Cluster:         *cluster,
+		Token:           *token,
+		SnapshotCount:   *snapCount,
+		ForceNewCluster: *forceNew,
+		DialOverride:    dial,
+		Logger:          logger,
 	}, store)
 	if err != nil {
 		return err
