@@ -30,6 +30,21 @@ type envelope struct {
 	Error string      `json:"error,omitempty"`
 }
 
+// envelopeOf is the JSON answer writeJSON would write, and its status.
+func envelopeOf(data interface{}, err error) (int, []byte) {
+	env := envelope{Code: codeOK, Msg: "ok", Data: data}
+	if err != nil {
+		env = envelope{Code: codeOf(err), Msg: "error", Error: err.Error()}
+	}
+	b, merr := json.Marshal(env)
+	if merr != nil {
+		env = envelope{Code: "internal", Msg: "error", Error: "encode answer: " + merr.Error()}
+		b, _ = json.Marshal(env) // strings always encode
+		return http.StatusInternalServerError, append(b, '\n')
+	}
+	return StatusOf(err), append(b, '\n')
+}
+
 // writeJSON answers with data on success or err mapped by StatusOf.
 func writeJSON(w http.ResponseWriter, data interface{}, err error) {
 	w.Header().Set("Content-Type", "application/json")
@@ -55,6 +70,7 @@ func (n *Node) routes() http.Handler {
 		r.With(n.requireToken).Post("/deleteNode", n.handleDeleteNode)
 	})
 	r.With(n.requireToken, n.requireCluster).Post(transport.ProposePath, n.handlePropose)
+	r.With(closeAfterReply, n.requireToken, n.requireCluster).Post(transport.ForwardPath, n.handleForwardStream)
 	r.With(n.requireToken).Post(transport.JoinPath, n.handleAddNode)
 	r.With(n.requireToken, n.requireCluster).Post(transport.AddressPath, n.handleAddress)
 	r.With(n.requireToken).Get(transport.MembershipPath, func(w http.ResponseWriter, _ *http.Request) {
@@ -145,6 +161,42 @@ func (n *Node) handlePropose(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set(transport.HeaderIndex, strconv.FormatUint(res.index, 10))
 	}
 	writeJSON(w, res.object, err)
+}
+
+// closeAfterReply makes the server close the connection after answering:
+// a forwarding stream's body never ends, and net/http otherwise reads the
+// rest of an unread body before it writes a refusal.
+func closeAfterReply(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// handleForwardStream is POST /raft/node/forward: a follower's forwarding
+// stream (transport.ServeForward). Each write on it is handled as on
+// /raft/node/propose; the stream is refused unless this node leads.
+func (n *Node) handleForwardStream(w http.ResponseWriter, r *http.Request) {
+	if raft.StateType(n.raftState.Load()) != raft.StateLeader {
+		writeJSON(w, nil, ErrNotLeader)
+		return
+	}
+	transport.ServeForward(w, r, n.stopc, n.cfg.MaxRequestBytes,
+		func(ctx context.Context, body []byte) transport.StreamAnswer {
+			ctx, cancel := context.WithTimeout(ctx, n.cfg.ForwardTimeout)
+			defer cancel()
+			var res writeResult
+			err := n.checkBody(body)
+			if err == nil {
+				res, err = n.proposeLocal(ctx, body)
+			}
+			status, b := envelopeOf(res.object, err)
+			return transport.StreamAnswer{Status: status, Index: res.index, Body: b}
+		},
+		func() transport.StreamAnswer {
+			status, b := envelopeOf(nil, fmt.Errorf("%w: leader's forwarding queue is full", ErrBusy))
+			return transport.StreamAnswer{Status: status, Body: b}
+		})
 }
 
 // handleTransferLeader is POST /raft/api/transferLeader {"to":N}.

@@ -39,6 +39,11 @@ var (
 	// leader changed: it may or may not have been committed.
 	ErrUnknownOutcome = errors.New("embedraft: write outcome unknown")
 
+	// ErrBusy is returned (HTTP 503) when a write finds the queue to the
+	// leader, or the leader's queue for a forwarding stream, full. Nothing
+	// was proposed; retry later.
+	ErrBusy = errors.New("embedraft: too many writes in flight")
+
 	// ErrStopped is returned by every method of a node after Close, or of a
 	// node that stopped because of a fatal storage error.
 	ErrStopped = errors.New("embedraft: node stopped")
@@ -91,7 +96,7 @@ func StatusOf(err error) int {
 		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, ErrUnknownOutcome), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
-	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrNotLeader), errors.Is(err, ErrStopped),
+	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrNotLeader), errors.Is(err, ErrStopped), errors.Is(err, ErrBusy),
 		errors.Is(err, ErrRemoved), errors.Is(err, ErrNotCluster), errors.Is(err, context.Canceled):
 		return http.StatusServiceUnavailable
 	default:
@@ -124,6 +129,7 @@ var errorCodes = []struct {
 	{ErrNoLeader, "no_leader"},
 	{ErrNotLeader, "not_leader"},
 	{ErrUnknownOutcome, "unknown_outcome"},
+	{ErrBusy, "busy"},
 	{ErrStopped, "stopped"},
 	{ErrRemoved, "removed"},
 	{ErrNotFound, "not_found"},

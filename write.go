@@ -226,8 +226,11 @@ func (n *Node) forward(ctx context.Context, lead uint64, body []byte) (res write
 	if !ok || m.Addr == "" {
 		return res, true, nil
 	}
-	resp, err := n.fwd.Propose(ctx, n.dialURL(m.Addr), n.clusterID.Load(), body)
+	resp, err := n.fwd.Forward(ctx, n.dialURL(m.Addr), n.clusterID.Load(), body)
 	if err != nil {
+		if errors.Is(err, transport.ErrBusy) {
+			return res, false, fmt.Errorf("%w: the queue to leader %d is full", ErrBusy, lead)
+		}
 		if errors.Is(err, transport.ErrNotSent) {
 			n.log.Debug("leader unreachable", "leader", lead, "err", err)
 			return res, true, nil

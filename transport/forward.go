@@ -52,8 +52,12 @@ var ErrNotSent = errors.New("request not sent")
 // connections. It is safe for concurrent use.
 type Forwarder struct {
 	client *http.Client
-	token  string
-	from   uint64
+	// streamClient carries the long-lived forwarding streams: no overall
+	// timeout, and connections of its own.
+	streamClient *http.Client
+	streams      streams
+	token        string
+	from         uint64
 }
 
 // NewForwarder returns a forwarder whose requests each take at most timeout.
@@ -67,7 +71,19 @@ func NewForwarder(from uint64, token string, timeout time.Duration) *Forwarder {
 		ResponseHeaderTimeout: timeout,
 		ForceAttemptHTTP2:     false,
 	}
-	return &Forwarder{client: &http.Client{Transport: tr, Timeout: timeout}, token: token, from: from}
+	str := &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ResponseHeaderTimeout: 5 * time.Second,
+		DisableCompression:    true,
+		ForceAttemptHTTP2:     false,
+	}
+	return &Forwarder{
+		client:       &http.Client{Transport: tr, Timeout: timeout},
+		streamClient: &http.Client{Transport: str},
+		token:        token,
+		from:         from,
+	}
 }
 
 // Response is the leader's answer, passed to the client unchanged.
@@ -124,5 +140,9 @@ func (f *Forwarder) Post(ctx context.Context, url string, clusterID uint64, body
 	return out, nil
 }
 
-// Close releases idle connections.
-func (f *Forwarder) Close() { f.client.CloseIdleConnections() }
+// Close ends the forwarding streams and releases idle connections.
+func (f *Forwarder) Close() {
+	f.closeStreams()
+	f.client.CloseIdleConnections()
+	f.streamClient.CloseIdleConnections()
+}

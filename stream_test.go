@@ -1,0 +1,84 @@
+package embedraft_test
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	tc "github.com/embedraft/embedraft/internal/testcluster"
+)
+
+// Writes forwarded over the followers' streams while leadership moves in
+// the middle of their batches: each is answered 200 (applied once), or
+// 503/504 (refused, or outcome unknown); none is applied twice, and every
+// acknowledged one is on every member.
+func TestForwardStreamLeaderChangeMidBatch(t *testing.T) {
+	c := tc.NewStatic(t, 3)
+	lead := c.WaitLeader(10 * time.Second)
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	statuses := map[int]int{}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for w := range 24 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				m := c.Running()[w%3]
+				key := fmt.Sprintf("w%d-%d", w, i)
+				code, _, err := c.Set(m, key, "v")
+				mu.Lock()
+				if err == nil {
+					statuses[code]++
+					if code == 200 {
+						acked[key] = true
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return len(acked) }
+	for round := range 4 {
+		target := count() + 200
+		tc.Eventually(t, 20*time.Second, func() error {
+			if n := count(); n < target {
+				return fmt.Errorf("round %d: %d writes acknowledged", round, n)
+			}
+			return nil
+		})
+		lead = c.WaitLeader(10 * time.Second)
+		to := c.Followers()[round%2]
+		if code, body, err := c.Post(lead, "/raft/api/transferLeader", fmt.Appendf(nil, `{"to":%d}`, to.ID)); err != nil || code != 200 {
+			t.Logf("transfer to %d: %d %v %s", to.ID, code, err, body)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	state := c.WaitConverged(20 * time.Second)
+	for k := range acked {
+		if state[k] != "v" {
+			t.Fatalf("acknowledged %s missing", k)
+		}
+	}
+	for _, m := range c.Running() {
+		// Every write is a new key: a write applied twice would show as
+		// more commits than keys (the state has no other keys).
+		if n := m.Store.CommitCount(); n != int64(len(state)) {
+			t.Fatalf("member %d applied %d writes for %d keys: some twice", m.ID, n, len(state))
+		}
+	}
+	for code := range statuses {
+		if code != 200 && code != 503 && code != 504 {
+			t.Fatalf("answers by status: %v", statuses)
+		}
+	}
+	t.Logf("answers by status: %v, %d keys", statuses, len(state))
+}

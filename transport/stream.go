@@ -1,0 +1,501 @@
+package transport
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The forwarding stream carries a follower's client writes to the leader and
+// the leader's answers back, many at a time, over one long-lived full-duplex
+// HTTP request (POST ForwardPath): the follower writes request frames into
+// the request body as they come, the leader writes answer frames into the
+// response as writes are applied. Frames are flushed when no other frame is
+// waiting, so a busy stream sends many frames per write system call.
+//
+//	request frame:  id uint64 | length uint32 | body
+//	answer frame:   id uint64 | status uint32 | index uint64 | length uint32 | body
+//
+// A request that was never written to the stream was certainly not proposed
+// (ErrNotSent: the caller may try another leader). A request written to a
+// stream that broke before its answer came may have been proposed: its
+// outcome is unknown (ErrStreamBroken).
+
+// ForwardPath is the leader route that serves forwarding streams.
+const ForwardPath = "/raft/node/forward"
+
+// Limits of the forwarding stream.
+const (
+	// MaxStreamQueue bounds the frames waiting to be written on one stream;
+	// a write finding it full is refused with ErrBusy.
+	MaxStreamQueue = 4096
+	// MaxStreamInFlight bounds the writes the leader runs at once for one
+	// stream; past it, a write is answered 503 at once.
+	MaxStreamInFlight = 4096
+	maxAnswerBytes    = maxResponseBytes
+)
+
+var (
+	// ErrBusy reports that the stream's queue is full: nothing was sent.
+	ErrBusy = errors.New("forwarding queue full")
+	// ErrStreamBroken reports that the stream to the leader broke after the
+	// write was sent: it may or may not have been proposed.
+	ErrStreamBroken = errors.New("forwarding stream broke after the write was sent")
+)
+
+// frame is one request waiting to be written.
+type frame struct {
+	id   uint64
+	body []byte
+}
+
+// streamCall is a caller waiting for its answer.
+type streamCall struct {
+	answer chan *Response // buffered 1
+	sent   atomic.Bool    // written to the stream (the leader may have it)
+}
+
+// stream is one open forwarding stream to a leader.
+type stream struct {
+	key     string
+	sendc   chan frame
+	body    *io.PipeWriter
+	resp    *http.Response
+	done    chan struct{} // closed when the stream is dead
+	errOnce sync.Once
+	err     error
+
+	mu      sync.Mutex
+	pending map[uint64]*streamCall
+}
+
+// openStream starts a stream to leaderURL. It returns once the leader has
+// accepted it (answered 200), or with an error wrapping ErrNotSent.
+func (f *Forwarder) openStream(ctx context.Context, leaderURL string, clusterID uint64) (*stream, error) {
+	pr, pw := io.Pipe()
+	// The stream outlives the call that opened it: its request has a
+	// context of its own, ended by kill.
+	sctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(sctx, http.MethodPost, leaderURL+ForwardPath, pr)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("%w: %v", ErrNotSent, err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	if clusterID != 0 {
+		req.Header.Set(HeaderClusterID, strconv.FormatUint(clusterID, 16))
+	}
+	req.Header.Set(HeaderFrom, strconv.FormatUint(f.from, 10))
+	if f.token != "" {
+		req.Header.Set("Authorization", "Bearer "+f.token)
+	}
+	type result struct {
+		resp *http.Response
+		err  error
+	}
+	got := make(chan result, 1)
+	go func() { // ends when the leader answers or the request fails
+		resp, err := f.streamClient.Do(req)
+		got <- result{resp, err}
+	}()
+	var r result
+	select {
+	case r = <-got:
+	case <-ctx.Done():
+		cancel()
+		pw.Close()
+		return nil, fmt.Errorf("%w: open stream: %v", ErrNotSent, ctx.Err())
+	}
+	if r.err != nil {
+		cancel()
+		pw.Close()
+		return nil, fmt.Errorf("%w: open stream: %v", ErrNotSent, r.err)
+	}
+	if r.resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(r.resp.Body, 64<<10))
+		r.resp.Body.Close()
+		cancel()
+		pw.Close()
+		// The leader's refusal (not leader, wrong cluster, no token): passed
+		// on like an answer to the write.
+		return nil, &streamRefusal{resp: &Response{Status: r.resp.StatusCode, Header: r.resp.Header, Body: b}}
+	}
+	s := &stream{
+		key:     leaderURL,
+		sendc:   make(chan frame, MaxStreamQueue),
+		body:    pw,
+		resp:    r.resp,
+		done:    make(chan struct{}),
+		pending: map[uint64]*streamCall{},
+	}
+	go s.writeLoop()                   // ends when the stream dies
+	go s.readLoop()                    // ends when the response body ends or fails
+	go func() { <-s.done; cancel() }() // ends the request once the stream is dead
+	return s, nil
+}
+
+// streamRefusal is a leader that refused to open a stream.
+type streamRefusal struct{ resp *Response }
+
+func (e *streamRefusal) Error() string {
+	return fmt.Sprintf("leader refused the forwarding stream: %d %s", e.resp.Status, e.resp.Body)
+}
+
+// kill marks the stream dead with err and fails every waiting call: with
+// ErrStreamBroken when it was sent, ErrNotSent otherwise.
+func (s *stream) kill(err error) {
+	s.errOnce.Do(func() {
+		s.err = err
+		close(s.done)
+		s.body.CloseWithError(err)
+		s.resp.Body.Close()
+		s.mu.Lock()
+		calls := s.pending
+		s.pending = map[uint64]*streamCall{}
+		s.mu.Unlock()
+		for _, c := range calls {
+			close(c.answer)
+		}
+	})
+}
+
+// writeLoop writes queued frames, flushing when the queue is empty.
+func (s *stream) writeLoop() {
+	w := bufio.NewWriterSize(s.body, 64<<10)
+	var hdr [12]byte
+	for {
+		var f frame
+		select {
+		case f = <-s.sendc:
+		case <-s.done:
+			return
+		}
+		for {
+			s.mu.Lock()
+			c := s.pending[f.id]
+			s.mu.Unlock()
+			if c != nil { // nil: its caller gave up before it was sent
+				c.sent.Store(true)
+				binary.BigEndian.PutUint64(hdr[:8], f.id)
+				binary.BigEndian.PutUint32(hdr[8:], uint32(len(f.body)))
+				if _, err := w.Write(hdr[:]); err != nil {
+					s.kill(err)
+					return
+				}
+				if _, err := w.Write(f.body); err != nil {
+					s.kill(err)
+					return
+				}
+			}
+			select {
+			case f = <-s.sendc:
+				continue
+			default:
+			}
+			break
+		}
+		if err := w.Flush(); err != nil {
+			s.kill(err)
+			return
+		}
+	}
+}
+
+// readLoop reads answer frames and hands each to its caller.
+func (s *stream) readLoop() {
+	r := bufio.NewReaderSize(s.resp.Body, 64<<10)
+	var hdr [24]byte
+	for {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			s.kill(fmt.Errorf("read answer: %w", err))
+			return
+		}
+		id := binary.BigEndian.Uint64(hdr[:8])
+		status := int(binary.BigEndian.Uint32(hdr[8:12]))
+		index := binary.BigEndian.Uint64(hdr[12:20])
+		n := binary.BigEndian.Uint32(hdr[20:24])
+		if n > maxAnswerBytes {
+			s.kill(fmt.Errorf("answer of %d bytes", n))
+			return
+		}
+		body := make([]byte, n)
+		if _, err := io.ReadFull(r, body); err != nil {
+			s.kill(fmt.Errorf("read answer: %w", err))
+			return
+		}
+		s.mu.Lock()
+		c := s.pending[id]
+		delete(s.pending, id)
+		s.mu.Unlock()
+		if c != nil {
+			c.answer <- &Response{Status: status, Body: body, Index: index}
+		}
+	}
+}
+
+// call sends body on the stream and waits for its answer.
+func (s *stream) call(ctx context.Context, id uint64, body []byte) (*Response, error) {
+	c := &streamCall{answer: make(chan *Response, 1)}
+	s.mu.Lock()
+	select {
+	case <-s.done:
+		s.mu.Unlock()
+		return nil, fmt.Errorf("%w: %v", ErrNotSent, s.err)
+	default:
+	}
+	s.pending[id] = c
+	s.mu.Unlock()
+	forget := func() {
+		s.mu.Lock()
+		delete(s.pending, id)
+		s.mu.Unlock()
+	}
+	select {
+	case s.sendc <- frame{id: id, body: body}:
+	default:
+		forget()
+		return nil, fmt.Errorf("%w: %w", ErrNotSent, ErrBusy)
+	}
+	select {
+	case resp, ok := <-c.answer:
+		if ok {
+			return resp, nil
+		}
+		if c.sent.Load() {
+			return nil, fmt.Errorf("%w: %v", ErrStreamBroken, s.err)
+		}
+		return nil, fmt.Errorf("%w: %v", ErrNotSent, s.err)
+	case <-ctx.Done():
+		forget()
+		if c.sent.Load() {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w: %v", ErrNotSent, ctx.Err())
+	}
+}
+
+// streams is the forwarder's set of open streams, one per leader URL.
+type streams struct {
+	mu   sync.Mutex
+	open map[string]*stream
+	seq  atomic.Uint64
+	// opening serializes opening a stream to one URL.
+	opening sync.Mutex
+}
+
+// Forward sends a client write to the leader at leaderURL over the
+// forwarding stream (opened on first use) and returns the leader's answer.
+// An error wraps ErrNotSent when the write certainly did not reach the
+// leader; ErrStreamBroken or a context error when it may have.
+func (f *Forwarder) Forward(ctx context.Context, leaderURL string, clusterID uint64, body []byte) (*Response, error) {
+	s, err := f.stream(ctx, leaderURL, clusterID)
+	if err != nil {
+		var refusal *streamRefusal
+		if errors.As(err, &refusal) {
+			return refusal.resp, nil
+		}
+		return nil, err
+	}
+	return s.call(ctx, f.streams.seq.Add(1), body)
+}
+
+func (f *Forwarder) stream(ctx context.Context, leaderURL string, clusterID uint64) (*stream, error) {
+	key := leaderURL + "|" + strconv.FormatUint(clusterID, 16)
+	ss := &f.streams
+	ss.mu.Lock()
+	s := ss.open[key]
+	ss.mu.Unlock()
+	if s != nil && !s.dead() {
+		return s, nil
+	}
+	ss.opening.Lock()
+	defer ss.opening.Unlock()
+	ss.mu.Lock()
+	s = ss.open[key]
+	ss.mu.Unlock()
+	if s != nil && !s.dead() {
+		return s, nil
+	}
+	octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	s, err := f.openStream(octx, leaderURL, clusterID)
+	if err != nil {
+		return nil, err
+	}
+	ss.mu.Lock()
+	if ss.open == nil {
+		ss.open = map[string]*stream{}
+	}
+	if old := ss.open[key]; old != nil {
+		old.kill(errors.New("replaced"))
+	}
+	ss.open[key] = s
+	ss.mu.Unlock()
+	return s, nil
+}
+
+func (s *stream) dead() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// closeStreams ends every open stream.
+func (f *Forwarder) closeStreams() {
+	f.streams.mu.Lock()
+	open := f.streams.open
+	f.streams.open = nil
+	f.streams.mu.Unlock()
+	for _, s := range open {
+		s.kill(errors.New("forwarder closed"))
+	}
+}
+
+// StreamAnswer is the leader's answer to one forwarded write.
+type StreamAnswer struct {
+	Status int
+	Index  uint64
+	Body   []byte
+}
+
+// ServeForward serves one forwarding stream on the leader: it reads request
+// frames from r's body and runs handle for each in a goroutine of its own
+// (at most MaxStreamInFlight at once; past that a write is answered 503
+// with busy), writing answer frames as they complete. It returns when the
+// follower ends the stream, the connection fails, or stop is closed; it
+// waits for the writes it started. maxBody bounds a request's body.
+func ServeForward(w http.ResponseWriter, r *http.Request, stop <-chan struct{}, maxBody int64,
+	handle func(ctx context.Context, body []byte) StreamAnswer, busy func() StreamAnswer) {
+	rc := http.NewResponseController(w)
+	if err := rc.EnableFullDuplex(); err != nil {
+		http.Error(w, "forwarding stream needs HTTP/1.1 full duplex: "+err.Error(), http.StatusHTTPVersionNotSupported)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	answers := make(chan answerFrame, MaxStreamInFlight)
+	var inflight sync.WaitGroup
+	writerDone := make(chan struct{})
+	go func() { // the answer writer: ends when answers is closed
+		defer close(writerDone)
+		bw := bufio.NewWriterSize(w, 64<<10)
+		var hdr [24]byte
+		failed := false
+		for a := range answers {
+			for {
+				if !failed {
+					binary.BigEndian.PutUint64(hdr[:8], a.id)
+					binary.BigEndian.PutUint32(hdr[8:12], uint32(a.Status))
+					binary.BigEndian.PutUint64(hdr[12:20], a.Index)
+					binary.BigEndian.PutUint32(hdr[20:24], uint32(len(a.Body)))
+					if _, err := bw.Write(hdr[:]); err == nil {
+						_, err = bw.Write(a.Body)
+						failed = err != nil
+					} else {
+						failed = true
+					}
+				}
+				select {
+				case next, ok := <-answers:
+					if !ok {
+						if !failed {
+							_ = bw.Flush()
+						}
+						return
+					}
+					a = next
+					continue
+				default:
+				}
+				break
+			}
+			if !failed && (bw.Flush() != nil || rc.Flush() != nil) {
+				failed = true
+				cancel()
+			}
+		}
+	}()
+	defer func() {
+		inflight.Wait()
+		close(answers)
+		<-writerDone
+	}()
+	sem := make(chan struct{}, MaxStreamInFlight)
+	frames := make(chan frame)
+	readErr := make(chan error, 1)
+	go func() { // the request reader: ends at the body's end or error, or when ctx ends
+		defer close(frames)
+		br := bufio.NewReaderSize(r.Body, 64<<10)
+		var hdr [12]byte
+		for {
+			if _, err := io.ReadFull(br, hdr[:]); err != nil {
+				readErr <- err
+				return
+			}
+			id := binary.BigEndian.Uint64(hdr[:8])
+			n := int64(binary.BigEndian.Uint32(hdr[8:]))
+			if n > maxBody {
+				readErr <- fmt.Errorf("request of %d bytes, limit %d", n, maxBody)
+				return
+			}
+			body := make([]byte, n)
+			if _, err := io.ReadFull(br, body); err != nil {
+				readErr <- err
+				return
+			}
+			select {
+			case frames <- frame{id: id, body: body}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case f, ok := <-frames:
+			if !ok {
+				return
+			}
+			select {
+			case sem <- struct{}{}:
+			default:
+				a := busy()
+				answers <- answerFrame{f.id, a}
+				continue
+			}
+			inflight.Add(1)
+			go func() { // one forwarded write: ends when handle returns
+				defer inflight.Done()
+				a := handle(ctx, f.body)
+				<-sem
+				answers <- answerFrame{f.id, a}
+			}()
+		case <-stop:
+			cancel()
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+type answerFrame struct {
+	id uint64
+	StreamAnswer
+}
