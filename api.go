@@ -68,6 +68,7 @@ func (n *Node) routes() http.Handler {
 		r.With(n.requireToken).Post("/transferLeader", n.handleTransferLeader)
 		r.With(n.requireToken).Post("/addNode", n.handleAddNode)
 		r.With(n.requireToken).Post("/deleteNode", n.handleDeleteNode)
+		r.With(n.requireToken).Get("/backup", n.handleBackup) // backup.go
 	})
 	r.With(n.requireToken, n.requireCluster).Post(transport.ProposePath, n.handlePropose)
 	r.With(closeAfterReply, n.requireToken, n.requireCluster).Post(transport.ForwardPath, n.handleForwardStream)

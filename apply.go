@@ -26,6 +26,8 @@ func (n *Node) applyLoop(confState raftpb.ConfState, snapIndex uint64) {
 			if n.Mode() == ModeRemoved {
 				return
 			}
+		case req := <-n.backupc: // backup.go: a capture between batches
+			req.reply <- a.captureState()
 		case <-n.stopc:
 			return
 		}

@@ -78,6 +78,15 @@ type Config struct {
 	// flag do nothing (delete the file to force again). Requires a WAL.
 	ForceNewCluster bool
 
+	// Restore is the path of a backup file (GET /raft/api/backup,
+	// Node.Backup). A new node with Restore and Cluster set checks the file
+	// and starts a new one-member cluster (new cluster id) whose state is
+	// the backup's service data; the old membership is not restored, other
+	// nodes join it. New refuses a data directory that already holds a WAL
+	// (a restore is done once: drop the setting to restart), a file that
+	// fails its checksum, and Restore with Peers or Join or without Cluster.
+	Restore string
+
 	// Token, when set, must be presented by peers and admins (header
 	// "Authorization: Bearer <token>") on the /raft/node/ routes and the
 	// admin routes; on rafthttp's routes peers prove it through the cluster
@@ -218,6 +227,16 @@ func (c Config) Validate() error {
 	}
 	if c.ID > MaxMemberID {
 		bad("ID %d is above %d", c.ID, uint64(MaxMemberID))
+	}
+	if c.Restore != "" {
+		switch {
+		case len(c.Peers) > 0:
+			bad("Restore with Peers is not supported: %v", errBackupOnlyCluster)
+		case c.Join != "":
+			bad("Restore and Join are exclusive: a restored node starts a new cluster")
+		case !c.Cluster:
+			bad("Restore needs Cluster: %v", errBackupOnlyCluster)
+		}
 	}
 	if c.ElectionTicks <= c.HeartbeatTicks {
 		bad("ElectionTicks (%d) must exceed HeartbeatTicks (%d)", c.ElectionTicks, c.HeartbeatTicks)

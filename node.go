@@ -79,6 +79,7 @@ type Node struct {
 	peerTr    atomic.Pointer[rafthttp.Transport]
 	applyc    chan applyBatch
 	snapReqc  chan snapshotRequest
+	backupc   chan backupRequest // backup.go: captures served by the apply loop
 	purgeDone <-chan struct{}
 
 	// published by the raft loop for Status and the write path.
@@ -167,6 +168,7 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		leaderSig: newIndexNotifier(0),
 		stopc:     make(chan struct{}),
 		done:      make(chan struct{}),
+		backupc:   make(chan backupRequest),
 	}
 	// Request ids start at a random point, not the clock: ids of entries
 	// proposed before a restart are still in the log, and a clock stepped
@@ -190,6 +192,10 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 			ErrInvalidConfig, cfg.DataDir)
 	}
 	switch {
+	case cfg.Restore != "":
+		if err := n.restoreBackup(); err != nil { // backup.go: checks, then ResetSnap
+			return nil, err
+		}
 	case hasWAL(cfg.DataDir):
 		var err error
 		disk, rec, err = openDisk(n.zl, cfg.DataDir)
@@ -259,6 +265,10 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		}
 		n.bootstrapIndex = uint64(len(cfg.Peers))
 		err = n.bootstrapRaft(cfg.Peers, staticClusterID(cfg.Peers))
+	case cfg.Restore != "":
+		// The restored state is in the service: carry it into a new
+		// one-member cluster exactly as a switchover does.
+		err = n.switchToCluster()
 	case cfg.Cluster && n.standaloneMarked.Load():
 		// Standalone writes live in the service: carry them into the
 		// cluster exactly as a switchover does.

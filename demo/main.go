@@ -43,6 +43,7 @@ func run(args []string) error {
 	peers := fs.String("peers", "", `static bootstrap "1=http://127.0.0.1:8081,2=http://127.0.0.1:8082,3=..."`)
 	join := fs.String("join", "", "URL of any member (or standalone node) to join")
 	cluster := fs.Bool("cluster", false, "start as a one-member cluster instead of standalone")
+	restore := fs.String("restore", "", "backup FILE (GET /raft/api/backup) to start a new one-member cluster from (with -cluster, into an empty -data)")
 	token := fs.String("token", os.Getenv("EMBEDRAFT_TOKEN"), "cluster secret (also EMBEDRAFT_TOKEN)")
 	snapCount := fs.Uint64("snapshot-count", embedraft.DefaultSnapshotCount, "applied entries between snapshots")
 	forceNew := fs.Bool("force-new-cluster", false, "restart from this data directory as a one-member cluster "+
@@ -90,9 +91,9 @@ func run(args []string) error {
 	defer store.CloseStandaloneLog()
 	// Data written by a demo that predates the library's own record of
 	// standalone writes: refuse what would discard it, as the library does.
-	if _, err := os.Stat(filepath.Join(*dataDir, "wal")); (*join != "" || len(peerMap) > 0) && os.IsNotExist(err) && store.Len() > 0 {
-		return fmt.Errorf("%s holds %d keys written in standalone mode; joining another cluster or a static "+
-			"bootstrap would discard them (start it alone with -cluster, or let the others -join it, or use a new -data)",
+	if _, err := os.Stat(filepath.Join(*dataDir, "wal")); (*join != "" || len(peerMap) > 0 || *restore != "") && os.IsNotExist(err) && store.Len() > 0 {
+		return fmt.Errorf("%s holds %d keys written in standalone mode; joining another cluster, a static bootstrap or a restore "+
+			"would discard them (start it alone with -cluster, or let the others -join it, or use a new -data)",
 			*dataDir, store.Len())
 	}
 	dial, err := parseDialOverride(os.Getenv("EMBEDRAFT_TEST_DIAL"))
@@ -109,6 +110,7 @@ func run(args []string) error {
 		Token:           *token,
 		SnapshotCount:   *snapCount,
 		ForceNewCluster: *forceNew,
+		Restore:         *restore,
 		DialOverride:    dial,
 		Logger:          logger,
 	}, store)

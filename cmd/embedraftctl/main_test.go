@@ -197,14 +197,28 @@ func TestCluster(t *testing.T) {
 		healthy(t, 3, 0)
 	})
 
-	t.Run("ErrBackupRouteMissing", func(t *testing.T) {
+	t.Run("Backup", func(t *testing.T) {
+		c.MustSet(c.Members[0], "backed", "up")
 		file := filepath.Join(t.TempDir(), "cluster.backup")
 		code, out, errOut := ctl(t, "-endpoints", eps, "-token", testToken, "backup", file)
-		if code != exitFailed || !strings.Contains(errOut, "HTTP 404") || !strings.Contains(errOut, "no backup route") || out != "" {
+		if code != exitOK || !strings.Contains(out, "wrote ") || errOut != "" {
 			t.Fatalf("backup: exit %d, stdout %q, stderr %q", code, out, errOut)
 		}
-		if entries, _ := os.ReadDir(filepath.Dir(file)); len(entries) != 0 {
+		f, err := os.Open(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		info, err := embedraft.VerifyBackup(f)
+		if err != nil || info.Mode != embedraft.ModeCluster || info.Index == 0 {
+			t.Fatalf("backup file: %+v %v", info, err)
+		}
+		if entries, _ := os.ReadDir(filepath.Dir(file)); len(entries) != 1 {
 			t.Errorf("backup left files behind: %v", entries)
+		}
+		code, _, errOut = ctl(t, "-endpoints", eps, "backup", file+"2") // no token
+		if code != exitFailed || !strings.Contains(errOut, "HTTP 401") {
+			t.Errorf("backup without token: exit %d, stderr %q", code, errOut)
 		}
 	})
 
