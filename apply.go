@@ -125,6 +125,20 @@ func (a *applier) applyNormal(e *raftpb.Entry) error {
 		if env.Origin == n.id {
 			n.waits.trigger(env.ReqID, applyResult{index: e.Index})
 		}
+	case kindBatch:
+		writes, err := unmarshalBatch(env.Payload)
+		if err != nil {
+			return fmt.Errorf("%w: entry %d: %v", ErrStorage, e.Index, err)
+		}
+		for _, w := range writes {
+			cerr := n.svc.Commit(w.data)
+			if cerr != nil {
+				n.log.Debug("service rejected entry", "index", e.Index, "err", cerr)
+			}
+			if env.Origin == n.id {
+				n.waits.trigger(w.reqID, applyResult{index: e.Index, err: cerr})
+			}
+		}
 	case kindStarted:
 		ids, err := unmarshalIDs(env.Payload)
 		if err != nil {

@@ -29,10 +29,12 @@ const (
 	// a member that has acknowledged entries must never come back under
 	// its id with an empty data directory.
 	kindStarted entryKind = 4
+	// kindBatch carries many client writes in one entry (batch.go).
+	kindBatch entryKind = 5
 )
 
 // maxKind is the highest entry kind this version understands.
-const maxKind = kindStarted
+const maxKind = kindBatch
 
 type entryEnvelope struct {
 	Kind    entryKind
@@ -163,6 +165,9 @@ func checkEntry(e raftpb.Entry) error {
 		env, err := unmarshalEntry(e.Data)
 		if err == nil && env.Kind == kindStarted {
 			_, err = unmarshalIDs(env.Payload)
+		}
+		if err == nil && env.Kind == kindBatch {
+			_, err = unmarshalBatch(env.Payload)
 		}
 		return err
 	case raftpb.EntryConfChange:

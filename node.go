@@ -78,6 +78,7 @@ type Node struct {
 	disk      *diskStorage
 	peerTr    atomic.Pointer[rafthttp.Transport]
 	applyc    chan applyBatch
+	propc     chan proposal // writes waiting for proposeLoop
 	snapReqc  chan snapshotRequest
 	backupc   chan backupRequest // backup.go: captures served by the apply loop
 	purgeDone <-chan struct{}
@@ -450,6 +451,7 @@ func (n *Node) restartRaft(disk *diskStorage, rec recovered) error {
 func (n *Node) startLoops(disk *diskStorage, storage *raft.MemoryStorage, peers map[uint64]string) error {
 	n.disk, n.storage = disk, storage
 	n.applyc = make(chan applyBatch, 16)
+	n.propc = make(chan proposal, proposalQueue)
 	n.snapReqc = make(chan snapshotRequest, 1)
 	tr, err := transport.NewPeerTransport(transport.PeerConfig{
 		ID: n.id, ClusterID: n.peerClusterID(), URL: n.cfg.AdvertiseURL,
@@ -542,7 +544,8 @@ func (n *Node) peerClusterID() uint64 {
 
 func (n *Node) launch(confState raftpb.ConfState, snapIndex uint64) {
 	n.applied.set(snapIndex)
-	n.loops.Add(3)
+	n.loops.Add(4)
+	go n.proposeLoop()
 	go n.run()
 	go n.applyLoop(confState, snapIndex)
 	go n.promoteLoop()

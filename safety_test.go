@@ -516,3 +516,13 @@ func TestCloseLeaderHandsOff(t *testing.T) {
 		t.Fatalf("%d writes failed during the hand-off, e.g. %s", len(failed), failed[0])
 	}
 }
+
+// A new static member must advertise its own Peers entry; a restarted one
+// may advertise another address (it moved).
+func TestStaticBootstrapAdvertiseMustMatchPeers(t *testing.T) {
+	peers := map[uint64]string{1: "http://127.0.0.1:1", 2: "http://127.0.0.1:2"}
+	_, err := embedraft.New(embedraft.Config{ID: 1, AdvertiseURL: "http://127.0.0.1:3", DataDir: t.TempDir(), Peers: peers}, nopService{})
+	if !errors.Is(err, embedraft.ErrInvalidConfig) || !strings.Contains(err.Error(), "differs") {
+		t.Fatalf("fresh static member advertising another URL: %v", err)
+	}
+}

@@ -193,14 +193,30 @@ func (n *Node) propose(ctx context.Context, pre *preprocessed) (writeResult, err
 	obj := pre.object
 	reqID := n.reqSeq.Add(1)
 	wait := n.waits.register(reqID)
-	env := entryEnvelope{Kind: kindPropose, ReqID: reqID, Origin: n.id, Payload: pre.data}
-	if err := n.rn.Propose(ctx, env.marshal()); err != nil {
+	p := proposal{reqID: reqID, data: pre.data, done: make(chan error, 1)}
+	select {
+	case n.propc <- p:
+	default:
 		n.waits.cancel(reqID)
-		if errors.Is(err, raft.ErrProposalDropped) {
-			return writeResult{}, ErrNotLeader
+		return writeResult{}, fmt.Errorf("%w: the leader's proposal queue is full", ErrBusy)
+	}
+	// Once queued, the write may be proposed whatever happens to ctx.
+	select {
+	case err := <-p.done:
+		if err != nil {
+			n.waits.cancel(reqID)
+			if errors.Is(err, raft.ErrProposalDropped) {
+				return writeResult{}, ErrNotLeader
+			}
+			// The proposal may have reached raft before its context ended.
+			return writeResult{}, fmt.Errorf("%w: propose: %w", ErrUnknownOutcome, err)
 		}
-		// The proposal may have reached raft before ctx ended.
-		return writeResult{}, fmt.Errorf("%w: propose: %w", ErrUnknownOutcome, err)
+	case <-ctx.Done():
+		n.waits.cancel(reqID)
+		return writeResult{}, fmt.Errorf("%w: %w", ErrUnknownOutcome, ctx.Err())
+	case <-n.stopc:
+		n.waits.cancel(reqID)
+		return writeResult{}, fmt.Errorf("%w: %w", ErrUnknownOutcome, ErrStopped)
 	}
 	select {
 	case r := <-wait:
