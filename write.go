@@ -51,7 +51,8 @@ func (n *Node) checkBody(body []byte) error {
 }
 
 // write runs a client write in whatever mode the node is in.
-func (n *Node) write(ctx context.Context, body []byte) (writeResult, error) {
+func (n *Node) write(ctx context.Context, body []byte) (_ writeResult, err error) {
+	defer n.metrics.observeWrite(time.Now(), &err)
 	if err := n.checkBody(body); err != nil {
 		return writeResult{}, err
 	}
@@ -195,6 +196,7 @@ func (n *Node) propose(ctx context.Context, pre *preprocessed) (writeResult, err
 	wait := n.waits.register(reqID)
 	env := entryEnvelope{Kind: kindPropose, ReqID: reqID, Origin: n.id, Payload: pre.data}
 	if err := n.rn.Propose(ctx, env.marshal()); err != nil {
+		n.metrics.proposalFailed()
 		n.waits.cancel(reqID)
 		if errors.Is(err, raft.ErrProposalDropped) {
 			return writeResult{}, ErrNotLeader
@@ -226,6 +228,7 @@ func (n *Node) forward(ctx context.Context, lead uint64, body []byte) (res write
 	if !ok || m.Addr == "" {
 		return res, true, nil
 	}
+	n.metrics.forwardedWrite()
 	resp, err := n.fwd.Propose(ctx, n.dialURL(m.Addr), n.clusterID.Load(), body)
 	if err != nil {
 		if errors.Is(err, transport.ErrNotSent) {
