@@ -65,9 +65,11 @@ func (Stopped) isEvent()           {}
 //     may arrive after MembershipChanged events published after it;
 //     LeaderChanged events are never reordered among themselves.
 //
-// In cluster mode, once a leader change has been seen, the first event is
-// the current leader state. A standalone node publishes nothing until it
-// becomes a cluster.
+// Once a leader is known, the first event is the current leader state. A
+// standalone node is its own leader: its first event is
+// LeaderChanged{Leader: its id, Term: 0, IsLeader: true}, and raft's terms
+// follow when it becomes a cluster (its leadership then starts again, in
+// term 1 or later).
 //
 // The channel closes when cancel is called or the node stops (Close, a
 // fatal error, removal), after a Stopped event if there is room for it. The
@@ -89,6 +91,9 @@ func (n *Node) Subscribe(buffer int) (<-chan Event, func()) {
 // starts a moment after the node became leader, and its ctx is cancelled a
 // moment after it stopped being leader: use the term as a fencing token for
 // work that must not overlap with the next leader's.
+//
+// A standalone node runs fn with term 0; when it becomes a cluster, that run
+// is cancelled and the next starts in the cluster's first term.
 //
 // The registration's goroutine exits when stop is called or the node stops,
 // after the current run has returned.

@@ -224,3 +224,32 @@ func TestOnLeader(t *testing.T) {
 		t.Errorf("%d overlapping runs", overlaps.Load())
 	}
 }
+
+// A standalone node is its own leader: OnLeader runs fn in term 0, and the
+// run ends when the node closes.
+func TestOnLeaderStandalone(t *testing.T) {
+	c := tc.NewSingle(t)
+	m := c.Members[0]
+	started := make(chan uint64, 1)
+	ended := make(chan struct{})
+	stop := m.Node.OnLeader(func(ctx context.Context, term uint64) {
+		started <- term
+		<-ctx.Done()
+		close(ended)
+	})
+	defer stop()
+	select {
+	case term := <-started:
+		if term != 0 {
+			t.Errorf("standalone run in term %d, want 0", term)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("fn did not run on a standalone node")
+	}
+	m.Stop()
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("fn's ctx was not cancelled when the node closed")
+	}
+}

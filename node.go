@@ -253,6 +253,7 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		}
 	default:
 		n.log.Info("started standalone")
+		n.events.publish(LeaderChanged{Leader: n.id, IsLeader: true}) // its own leader, in no term
 	}
 	if err != nil {
 		n.stop(err)
