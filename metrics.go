@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -28,6 +29,7 @@ type nodeMetrics struct {
 	// registry. owned is true for the latter (nothing to unregister).
 	reg        prometheus.Registerer
 	owned      bool
+	mu         sync.Mutex // guards registered: Close may run twice at once
 	registered []prometheus.Collector
 	handler    http.Handler
 
@@ -151,6 +153,8 @@ func (n *Node) unregisterMetrics() {
 	if m == nil || m.owned {
 		return
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	for _, c := range m.registered {
 		m.reg.Unregister(c)
 	}
