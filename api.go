@@ -15,7 +15,6 @@ import (
 
 	"github.com/coreos/go-semver/semver"
 	"github.com/go-chi/chi/v5"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.etcd.io/etcd/raft/v3"
 	"go.etcd.io/etcd/raft/v3/raftpb"
 
@@ -87,7 +86,7 @@ func (n *Node) routes() http.Handler {
 	r.Get("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, n.Status(), n.ready(r.URL.Query().Has("noleader")))
 	})
-	r.Handle("/metrics", promhttp.Handler())
+	r.Handle("/metrics", n.metricsHandler())
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, nil, fmt.Errorf("%w: no route %s %s", ErrNotFound, r.Method, r.URL.Path))
 	})

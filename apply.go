@@ -56,6 +56,7 @@ func (a *applier) apply(b applyBatch) error {
 		a.confState = b.snapshot.Metadata.ConfState
 		a.appliedIndex, a.snapIndex = b.snapshot.Metadata.Index, b.snapshot.Metadata.Index
 		n.syncTransportPeers()
+		n.membershipChanged(a.appliedIndex)
 		n.log.Info("installed snapshot", "index", a.appliedIndex)
 	}
 	for i := range b.entries {
@@ -162,6 +163,7 @@ func (a *applier) applyConfChange(index uint64, cc raftpb.ConfChangeV2) {
 	}
 	n.log.Info("membership changed", "index", index, "change", cc.String(), "voters", a.confState.Voters,
 		"learners", a.confState.Learners)
+	n.membershipChanged(index)
 	tr := n.peerTr.Load()
 	for _, ch := range cc.Changes {
 		switch ch.Type {

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // MaxMemberID is the largest member id: ids are assigned by counting up,
@@ -137,6 +139,23 @@ type Config struct {
 
 	// Logger receives the node's logs. Default: discard.
 	Logger *slog.Logger
+
+	// Registerer receives the node's Prometheus collectors (the embedraft_
+	// series listed in the README). Nil means a registry of the node's
+	// own, served by Handler on GET /metrics with Go and process collectors
+	// and etcd's own series (which etcd registers on the default registry).
+	// Otherwise GET /metrics serves Registerer itself when it is also a
+	// prometheus.Gatherer (prometheus.DefaultRegisterer: the default
+	// registry, as promhttp.Handler does) and answers 404 when it is not.
+	// A series that cannot be registered (AlreadyRegistered: another node
+	// uses the same Registerer without MetricsNodeLabel) is logged and left
+	// out; New does not fail for it. Close unregisters what was registered.
+	Registerer prometheus.Registerer
+
+	// MetricsNodeLabel adds the constant label node="<member id>" to every
+	// series the node registers, so that several nodes of one process can
+	// share a Registerer.
+	MetricsNodeLabel bool
 }
 
 // withDefaults returns a copy with every zero field set to its default.

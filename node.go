@@ -90,6 +90,9 @@ type Node struct {
 	commit    atomic.Uint64
 	leaderSig *indexNotifier // bumped on every leader change
 
+	metrics *nodeMetrics // metrics.go
+	events  eventHub     // events.go
+
 	// membership changes: at most one in flight (on the leader); switchMu
 	// serializes the standalone-to-cluster switch, and release takes it so
 	// that it never reads the cluster-mode fields while a switch sets them.
@@ -240,6 +243,7 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 	}
 	n.setLogger()
 	n.fwd = transport.NewForwarder(n.id, cfg.Token, cfg.ForwardTimeout)
+	n.initMetrics()
 	n.handler = n.routes()
 	svc.SetRaft(n)
 
@@ -280,10 +284,12 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		}
 	default:
 		n.log.Info("started standalone")
+		n.events.publish(LeaderChanged{Leader: n.id, IsLeader: true}) // its own leader, in no term
 	}
 	if err != nil {
 		n.stop(err)
 		n.release()
+		n.unregisterMetrics()
 		return nil, err
 	}
 	if n.rn != nil {
@@ -647,6 +653,7 @@ func (n *Node) Close(ctx context.Context) error {
 	n.closed.Store(true)
 	n.handOff(ctx)
 	n.stop(nil)
+	n.unregisterMetrics()
 	select {
 	case <-n.done:
 		return nil

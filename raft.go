@@ -43,6 +43,7 @@ func (n *Node) run() {
 				n.raftState.Store(uint32(rd.SoftState.RaftState))
 				if old := n.leader.Swap(rd.SoftState.Lead); old != rd.SoftState.Lead {
 					n.leaderSig.set(n.leaderSig.get() + 1)
+					n.leaderChanged(rd)
 					n.log.Info("leader changed", "leader", rd.SoftState.Lead, "term", n.rn.Status().Term)
 				}
 			}
@@ -144,6 +145,7 @@ func (n *Node) markRemoved() {
 		n.log.Error("write removed marker", "err", err)
 	}
 	n.log.Warn("this node was removed from the cluster")
+	n.events.publish(Removed{})
 	n.stop(nil)
 }
 
@@ -164,6 +166,7 @@ func (p peerRaft) Process(ctx context.Context, m raftpb.Message) error {
 		return peerError{http.StatusForbidden, "the member has been permanently removed from the cluster"}
 	}
 	if reason := p.n.checkPeerMessage(m); reason != "" {
+		p.n.metrics.peerMessageRefused()
 		return peerError{http.StatusBadRequest, "refused raft message: " + reason}
 	}
 	p.n.heard.touch(m.From)

@@ -2,6 +2,7 @@ package embedraft
 
 import (
 	"errors"
+	"time"
 
 	"go.etcd.io/etcd/raft/v3"
 	"go.etcd.io/etcd/raft/v3/raftpb"
@@ -13,6 +14,7 @@ type snapshotRequest struct {
 	index     uint64
 	confState raftpb.ConfState
 	data      []byte // snapshot envelope
+	start     time.Time
 }
 
 // maybeSnapshot takes a snapshot every SnapshotCount applied entries. The
@@ -25,6 +27,7 @@ func (a *applier) maybeSnapshot() {
 	if !due || n.Mode() != ModeCluster {
 		return
 	}
+	start := time.Now()
 	data, err := n.svc.GetSnapshot()
 	if err != nil {
 		n.log.Error("service snapshot failed; will retry", "index", a.appliedIndex, "err", err)
@@ -34,6 +37,7 @@ func (a *applier) maybeSnapshot() {
 		index:     a.appliedIndex,
 		confState: a.confState,
 		data:      marshalSnapshot(n.reg.marshal(), data),
+		start:     start,
 	}
 	select {
 	case n.snapReqc <- req:
@@ -69,6 +73,7 @@ func (n *Node) saveSnapshot(req snapshotRequest) error {
 			return err
 		}
 	}
+	n.metrics.snapshotSaved(req.start)
 	n.log.Info("snapshot saved", "index", req.index, "bytes", len(req.data))
 	return nil
 }

@@ -51,7 +51,8 @@ func (n *Node) checkBody(body []byte) error {
 }
 
 // write runs a client write in whatever mode the node is in.
-func (n *Node) write(ctx context.Context, body []byte) (writeResult, error) {
+func (n *Node) write(ctx context.Context, body []byte) (_ writeResult, err error) {
+	defer n.metrics.observeWrite(time.Now(), &err)
 	if err := n.checkBody(body); err != nil {
 		return writeResult{}, err
 	}
@@ -197,6 +198,7 @@ func (n *Node) propose(ctx context.Context, pre *preprocessed) (writeResult, err
 	select {
 	case n.propc <- p:
 	default:
+		n.metrics.proposalFailed()
 		n.waits.cancel(reqID)
 		return writeResult{}, fmt.Errorf("%w: the leader's proposal queue is full", ErrBusy)
 	}
@@ -204,6 +206,7 @@ func (n *Node) propose(ctx context.Context, pre *preprocessed) (writeResult, err
 	select {
 	case err := <-p.done:
 		if err != nil {
+			n.metrics.proposalFailed()
 			n.waits.cancel(reqID)
 			if errors.Is(err, raft.ErrProposalDropped) {
 				return writeResult{}, ErrNotLeader
@@ -242,6 +245,7 @@ func (n *Node) forward(ctx context.Context, lead uint64, body []byte) (res write
 	if !ok || m.Addr == "" {
 		return res, true, nil
 	}
+	n.metrics.forwardedWrite()
 	resp, err := n.fwd.Forward(ctx, n.dialURL(m.Addr), n.clusterID.Load(), body)
 	if err != nil {
 		if errors.Is(err, transport.ErrBusy) {

@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/embedraft/embedraft"
 	"github.com/embedraft/embedraft/internal/kvstore"
 )
@@ -113,6 +115,7 @@ func run(args []string) error {
 		Restore:         *restore,
 		DialOverride:    dial,
 		Logger:          logger,
+		Registerer:      prometheus.DefaultRegisterer, // GET /metrics serves the default registry
 	}, store)
 	if err != nil {
 		return err
