@@ -1,6 +1,7 @@
 package embedraft
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 
@@ -45,6 +46,12 @@ type applier struct {
 	// snapshot whose configuration does not include the receiver, so the
 	// new member needs one taken after its addition.
 	snapNow bool
+	// snapDone is set while a snapshot goroutine runs (snapshot.go); it
+	// reports the outcome. snapPrev and snapPrevNow restore snapIndex and
+	// snapNow if it fails.
+	snapDone    chan error
+	snapPrev    uint64
+	snapPrevNow bool
 }
 
 func (a *applier) apply(b applyBatch) error {
@@ -108,7 +115,7 @@ func (a *applier) applyNormal(e *raftpb.Entry) error {
 	}
 	switch env.Kind {
 	case kindPropose:
-		cerr := n.svc.Commit(env.Payload)
+		cerr := n.commitService(Position{Index: e.Index}, env.Payload)
 		if cerr != nil {
 			n.log.Debug("service rejected entry", "index", e.Index, "err", cerr)
 		}
@@ -131,8 +138,8 @@ func (a *applier) applyNormal(e *raftpb.Entry) error {
 		if err != nil {
 			return fmt.Errorf("%w: entry %d: %v", ErrStorage, e.Index, err)
 		}
-		for _, w := range writes {
-			cerr := n.svc.Commit(w.data)
+		for i, w := range writes {
+			cerr := n.commitService(Position{Index: e.Index, Offset: i}, w.data)
 			if cerr != nil {
 				n.log.Debug("service rejected entry", "index", e.Index, "err", cerr)
 			}
@@ -190,20 +197,25 @@ func (a *applier) applyConfChange(index uint64, cc raftpb.ConfChangeV2) {
 	}
 }
 
-// restoreSnapshot loads a snapshot envelope: membership first, then the
-// service's state.
+// restoreSnapshot loads a snapshot: membership first, then the service's
+// state. Its Data is a reference to a state file (snapstream.go), read as a
+// stream and checked against its checksum, or (a snapshot saved before
+// state files) the envelope itself.
 func (n *Node) restoreSnapshot(s raftpb.Snapshot) error {
-	members, data, err := unmarshalSnapshot(s.Data)
+	index := s.Metadata.Index
+	ref, isRef, err := parseSnapRef(s.Data)
 	if err != nil {
-		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, s.Metadata.Index, err)
+		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, index, err)
 	}
-	if err := n.reg.restore(members); err != nil {
-		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, s.Metadata.Index, err)
+	if !isRef {
+		return n.restoreFromReader(index, bytes.NewReader(s.Data))
 	}
-	if err := n.svc.ResetSnap(data); err != nil {
-		return fmt.Errorf("service reset from snapshot %d: %w", s.Metadata.Index, err)
+	r, err := openState(stateDir(n.cfg.DataDir), ref)
+	if err != nil {
+		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, index, err)
 	}
-	return nil
+	defer r.Close()
+	return n.restoreFromReader(index, r)
 }
 
 // syncTransportPeers makes rafthttp's peer set match the membership.

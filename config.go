@@ -22,6 +22,7 @@ const MaxMemberID = 1 << 62
 const (
 	DefaultSnapshotCount    = 10000
 	DefaultCatchUpEntries   = 5000
+	DefaultCatchUpBytes     = 64 << 20
 	DefaultTickInterval     = 100 * time.Millisecond
 	DefaultElectionTicks    = 10
 	DefaultHeartbeatTicks   = 1
@@ -107,6 +108,12 @@ type Config struct {
 	// DefaultCatchUpEntries (5000).
 	CatchUpEntries uint64
 
+	// CatchUpBytes bounds the same entries by size: compaction keeps at most
+	// CatchUpEntries entries and at most CatchUpBytes bytes of them, so large
+	// writes cannot make the in-memory log grow past it between snapshots'
+	// compactions. Default DefaultCatchUpBytes (64 MiB).
+	CatchUpBytes uint64
+
 	// TickInterval is raft's logical clock. Default 100ms.
 	TickInterval time.Duration
 	// ElectionTicks is the election timeout in ticks. Default 10.
@@ -165,6 +172,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.CatchUpEntries == 0 {
 		c.CatchUpEntries = min(DefaultCatchUpEntries, max(1, c.SnapshotCount/2))
+	}
+	if c.CatchUpBytes == 0 {
+		c.CatchUpBytes = DefaultCatchUpBytes
 	}
 	if c.TickInterval == 0 {
 		c.TickInterval = DefaultTickInterval

@@ -54,7 +54,13 @@ func (n *Node) run() {
 			// parallel, and the leader's entry counts toward the quorum only
 			// once its Ready is handled (raft thesis 10.2.1, etcd server).
 			if isLeader {
-				tr.Send(rd.Messages)
+				n.send(tr, rd.Messages)
+			}
+			if !raft.IsEmptySnap(rd.Snapshot) {
+				if err := n.storeReceivedSnapshot(&rd.Snapshot); err != nil {
+					n.stop(err)
+					return
+				}
 			}
 			if err := n.persist(rd); err != nil {
 				n.stop(err)
@@ -80,7 +86,7 @@ func (n *Node) run() {
 				}
 			}
 			if !isLeader {
-				tr.Send(rd.Messages)
+				n.send(tr, rd.Messages)
 			}
 			n.rn.Advance()
 		case req := <-n.snapReqc:

@@ -38,7 +38,7 @@ func (n *Node) forceNewCluster(disk *diskStorage, rec recovered) (_ recovered, f
 	}
 	reg := newRegistry()
 	if len(rec.snapshot.Data) > 0 {
-		members, _, err := unmarshalSnapshot(rec.snapshot.Data)
+		members, err := snapshotMembers(n.cfg.DataDir, rec.snapshot.Data)
 		if err == nil {
 			err = reg.restore(members)
 		}

@@ -1,6 +1,9 @@
 package embedraft
 
-import "context"
+import (
+	"context"
+	"io"
+)
 
 // IService is implemented by the application whose state is replicated.
 //
@@ -59,4 +62,69 @@ type IRaftSender interface {
 	// Commit, ResetSnap, GetSnapshot or GetInit: they hold the apply path
 	// that Send waits for.
 	Send(ctx context.Context, body []byte) (interface{}, error)
+}
+
+// StreamSnapshotter is an optional extension of IService for a service
+// whose state is large (hashicorp/raft's FSMSnapshot shape). When the
+// service implements it, found by type assertion, the library never asks it
+// for its whole state as one []byte in cluster mode: GetSnapshot and
+// ResetSnap are then used only for the switchover and backups.
+//
+// Concurrency: CaptureSnapshot and RestoreSnapshot are called from the apply
+// goroutine, never at the same time as Commit, ResetSnap or each other.
+// The view's WriteTo runs on the node's snapshot goroutine while the apply
+// goroutine goes on committing entries; at most one view is being written
+// at a time.
+type StreamSnapshotter interface {
+	// CaptureSnapshot captures a point-in-time view of the state at the last
+	// applied entry, quickly (copy-on-write, an immutable tree, a read
+	// transaction): commits wait while it runs. An error skips this snapshot
+	// (logged); it is tried again after the next applied entries.
+	CaptureSnapshot() (SnapshotView, error)
+
+	// RestoreSnapshot replaces the whole state with what a view's WriteTo
+	// wrote (snapshot install, restart). r ends where the view's bytes end;
+	// the library has checked their checksum before the call. It must
+	// also accept what GetSnapshot wrote, if the service ever ran without
+	// this extension (or a member of its cluster still does). An error stops
+	// the node.
+	RestoreSnapshot(r io.Reader) error
+}
+
+// SnapshotView is a point-in-time view captured by CaptureSnapshot.
+type SnapshotView interface {
+	// WriteTo writes the view to w (io.WriterTo) and returns the bytes it
+	// wrote. It runs on the snapshot goroutine, concurrently with Commit. An
+	// error (or one returned by w, for example ErrStopped when the node
+	// stops) abandons this snapshot; the previous one stays.
+	WriteTo(w io.Writer) (n int64, err error)
+	// Release frees the view. It is called exactly once, after WriteTo
+	// (or instead of it when the snapshot is abandoned), from the snapshot
+	// goroutine.
+	Release()
+}
+
+// Position is where a write sits in the log: the index of its raft entry
+// and its offset among the writes of that entry (a batch entry holds
+// several). Positions of successive commits strictly increase.
+type Position struct {
+	Index  uint64
+	Offset int
+}
+
+// After reports whether p comes after q in the log.
+func (p Position) After(q Position) bool {
+	return p.Index > q.Index || (p.Index == q.Index && p.Offset > q.Offset)
+}
+
+// IndexedCommitter is an optional extension of IService for a service that
+// persists its own state (dragonboat's on-disk state machine): in cluster
+// mode the apply goroutine calls CommitIndexed instead of Commit, with the
+// write's log position. A service that stores the position of the last
+// write it holds may return nil without applying a write at or before it
+// (after a restart, the log is replayed from the last snapshot). Its
+// semantics are otherwise Commit's; standalone writes, having no log,
+// still go through Commit.
+type IndexedCommitter interface {
+	CommitIndexed(at Position, data []byte) error
 }

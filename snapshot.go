@@ -2,55 +2,135 @@ package embedraft
 
 import (
 	"errors"
+	"fmt"
 	"time"
 
 	"go.etcd.io/etcd/raft/v3"
 	"go.etcd.io/etcd/raft/v3/raftpb"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/rafthttp"
 )
 
-// snapshotRequest travels from the apply loop (which has the state at
-// index) to the raft loop (which owns storage and the files).
+// Snapshots stay off the hot path (DESIGN.md):
+//
+//  1. the apply goroutine captures the state at the applied index
+//     (CaptureSnapshot, or GetSnapshot for a service without the
+//     extension) and the membership, and starts the snapshot goroutine;
+//  2. the snapshot goroutine writes the state file (snapstream.go) while
+//     commits, ticks and replication go on, then hands the raft loop a
+//     small snapshotRequest;
+//  3. the raft loop records it (MemoryStorage, .snap file and WAL record,
+//     holding only the reference) and compacts the in-memory log.
+//
+// At most one snapshot goroutine runs at a time: the apply loop starts the
+// next only once the previous one has reported its result.
+
+// snapshotRequest travels from the snapshot goroutine to the raft loop
+// (which owns storage and the WAL).
 type snapshotRequest struct {
 	index     uint64
 	confState raftpb.ConfState
-	data      []byte // snapshot envelope
+	data      []byte // a snapRef
+	size      int64  // bytes of the state file's envelope
 	start     time.Time
 }
 
-// maybeSnapshot takes a snapshot every SnapshotCount applied entries. The
-// service's GetSnapshot runs here, on the apply goroutine, so it sees exactly
-// the state at appliedIndex. The request is handed over without blocking:
-// the raft loop may itself be waiting to hand us entries.
+// snapshotJob is what the apply loop hands the snapshot goroutine.
+type snapshotJob struct {
+	index     uint64
+	confState raftpb.ConfState
+	members   []byte
+	view      SnapshotView
+	start     time.Time
+}
+
+// maybeSnapshot starts a snapshot every SnapshotCount applied entries (or
+// when snapNow asks for one). The capture runs here, on the apply
+// goroutine, so it sees exactly the state at appliedIndex; nothing else
+// about the snapshot does.
 func (a *applier) maybeSnapshot() {
 	n := a.n
+	if a.snapDone != nil {
+		select {
+		case err := <-a.snapDone:
+			a.snapDone = nil
+			if err != nil {
+				n.log.Error("snapshot failed; will retry", "err", err)
+				a.snapIndex, a.snapNow = a.snapPrev, a.snapNow || a.snapPrevNow
+			}
+		default:
+			return // the previous one is still being written
+		}
+	}
 	due := a.appliedIndex-a.snapIndex >= n.cfg.SnapshotCount || (a.snapNow && a.appliedIndex > a.snapIndex)
 	if !due || n.Mode() != ModeCluster {
 		return
 	}
 	start := time.Now()
-	data, err := n.svc.GetSnapshot()
-	if err != nil {
-		n.log.Error("service snapshot failed; will retry", "index", a.appliedIndex, "err", err)
-		return
+	var view SnapshotView
+	if ss, ok := n.svc.(StreamSnapshotter); ok {
+		v, err := ss.CaptureSnapshot()
+		if err != nil {
+			n.log.Error("service snapshot capture failed; will retry", "index", a.appliedIndex, "err", err)
+			return
+		}
+		view = v
+	} else {
+		data, err := n.svc.GetSnapshot()
+		if err != nil {
+			n.log.Error("service snapshot failed; will retry", "index", a.appliedIndex, "err", err)
+			return
+		}
+		view = bytesView(data)
 	}
-	req := snapshotRequest{
+	job := snapshotJob{
 		index:     a.appliedIndex,
 		confState: a.confState,
-		data:      marshalSnapshot(n.reg.marshal(), data),
+		members:   n.reg.marshal(),
+		view:      view,
 		start:     start,
 	}
+	a.snapPrev, a.snapPrevNow = a.snapIndex, a.snapNow
+	a.snapIndex, a.snapNow = a.appliedIndex, false
+	done := make(chan error, 1)
+	a.snapDone = done
+	n.loops.Add(1)
+	go n.writeSnapshot(job, done)
+}
+
+// writeSnapshot is the snapshot goroutine: it writes the state file, hands
+// the raft loop the request and reports the outcome on done (buffered). It
+// exits once the raft loop has taken the request, on an error, or when the
+// node stops (the view's writes then fail with ErrStopped).
+func (n *Node) writeSnapshot(job snapshotJob, done chan<- error) {
+	defer n.loops.Done()
+	err := n.writeSnapshotFile(job)
+	done <- err
+}
+
+func (n *Node) writeSnapshotFile(job snapshotJob) error {
+	defer job.view.Release()
+	term, err := n.storage.Term(job.index)
+	if err != nil {
+		return fmt.Errorf("snapshot at %d: term: %w", job.index, err)
+	}
+	ref, err := writeStateFile(stateDir(n.cfg.DataDir), stateFileName(term, job.index), job.members, job.view, n.stopc)
+	if err != nil {
+		return fmt.Errorf("snapshot at %d: %w", job.index, err)
+	}
+	req := snapshotRequest{index: job.index, confState: job.confState, data: ref.marshal(), size: ref.Size, start: job.start}
 	select {
 	case n.snapReqc <- req:
-		a.snapIndex = a.appliedIndex
-		a.snapNow = false
-	default: // the previous one is still being written; try again later
+		return nil
+	case <-n.stopc:
+		return ErrStopped
 	}
 }
 
 // saveSnapshot runs on the raft loop: it records the snapshot in
-// MemoryStorage (so lagging followers can be sent it), makes it durable,
-// and compacts the in-memory log, keeping CatchUpEntries for followers that
-// are only a little behind.
+// MemoryStorage (so lagging followers can be sent it), makes the record
+// durable, and compacts the in-memory log, keeping at most CatchUpEntries
+// entries and CatchUpBytes bytes of them for followers that are only a
+// little behind.
 func (n *Node) saveSnapshot(req snapshotRequest) error {
 	snap, err := n.storage.CreateSnapshot(req.index, &req.confState, req.data)
 	if errors.Is(err, raft.ErrSnapOutOfDate) {
@@ -67,13 +147,112 @@ func (n *Node) saveSnapshot(req snapshotRequest) error {
 	if err := n.disk.release(req.index); err != nil {
 		return err
 	}
-	if req.index > n.cfg.CatchUpEntries {
-		compactTo := req.index - n.cfg.CatchUpEntries
+	if compactTo := n.compactIndex(req.index); compactTo > 0 {
 		if err := n.storage.Compact(compactTo); err != nil && !errors.Is(err, raft.ErrCompacted) {
 			return err
 		}
 	}
 	n.metrics.snapshotSaved(req.start)
-	n.log.Info("snapshot saved", "index", req.index, "bytes", len(req.data))
+	n.log.Info("snapshot saved", "index", req.index, "bytes", req.size)
+	return nil
+}
+
+// compactIndex is where to compact after a snapshot at index: the entries
+// kept after it are at most CatchUpEntries and at most CatchUpBytes (the
+// newest entry is dropped too if it alone is larger). 0 means none.
+func (n *Node) compactIndex(index uint64) uint64 {
+	if index <= n.cfg.CatchUpEntries {
+		return 0
+	}
+	compactTo := index - n.cfg.CatchUpEntries
+	first, err := n.storage.FirstIndex()
+	if err != nil || first > index {
+		return compactTo
+	}
+	lo := max(first, compactTo+1)
+	ents, err := n.storage.Entries(lo, index+1, ^uint64(0))
+	if err != nil {
+		return compactTo
+	}
+	var size uint64
+	for i := len(ents) - 1; i >= 0; i-- {
+		size += uint64(ents[i].Size())
+		if size > n.cfg.CatchUpBytes {
+			return ents[i].Index
+		}
+	}
+	return compactTo
+}
+
+// storeReceivedSnapshot runs on the raft loop for a snapshot a leader sent
+// (its Data is the envelope): it writes the envelope to a state file and
+// replaces Data with the reference, so that the .snap file, the WAL record,
+// MemoryStorage and the apply loop all see the reference.
+func (n *Node) storeReceivedSnapshot(s *raftpb.Snapshot) error {
+	if _, isRef, _ := parseSnapRef(s.Data); isRef {
+		return nil
+	}
+	members, service, err := unmarshalSnapshot(s.Data)
+	if err != nil {
+		return fmt.Errorf("%w: received snapshot %d: %v", ErrStorage, s.Metadata.Index, err)
+	}
+	ref, err := writeStateFile(stateDir(n.cfg.DataDir), stateFileName(s.Metadata.Term, s.Metadata.Index),
+		members, bytesView(service), nil)
+	if err != nil {
+		return err
+	}
+	s.Data = ref.marshal()
+	return nil
+}
+
+// send sends raft's messages. A MsgSnap holds a reference to a state file:
+// it is expanded to the envelope and sent on its own goroutine, so that
+// reading the file does not hold up the raft loop. raft sends at most one
+// snapshot per follower until ReportSnapshot, so these goroutines are
+// bounded by the number of peers; each exits once its message is handed to
+// rafthttp or reported failed.
+func (n *Node) send(tr *rafthttp.Transport, msgs []raftpb.Message) {
+	snaps := 0
+	for i := range msgs {
+		if msgs[i].Type == raftpb.MsgSnap {
+			snaps++
+		}
+	}
+	if snaps == 0 {
+		tr.Send(msgs)
+		return
+	}
+	rest := make([]raftpb.Message, 0, len(msgs)-snaps)
+	for _, m := range msgs {
+		if m.Type != raftpb.MsgSnap {
+			rest = append(rest, m)
+			continue
+		}
+		n.loops.Add(1)
+		go func(m raftpb.Message) {
+			defer n.loops.Done()
+			if err := n.expandSnapshot(&m); err != nil {
+				n.log.Error("cannot send snapshot", "to", m.To, "index", m.Snapshot.Metadata.Index, "err", err)
+				n.rn.ReportSnapshot(m.To, raft.SnapshotFailure)
+				return
+			}
+			tr.Send([]raftpb.Message{m})
+		}(m)
+	}
+	tr.Send(rest)
+}
+
+// expandSnapshot replaces a MsgSnap's reference with the envelope it
+// refers to (a copy: the reference is shared with MemoryStorage).
+func (n *Node) expandSnapshot(m *raftpb.Message) error {
+	ref, isRef, err := parseSnapRef(m.Snapshot.Data)
+	if err != nil || !isRef {
+		return err
+	}
+	data, err := readStateEnvelope(stateDir(n.cfg.DataDir), ref, n.cfg.MaxSnapshotBytes)
+	if err != nil {
+		return err
+	}
+	m.Snapshot.Data = data
 	return nil
 }

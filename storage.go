@@ -34,6 +34,7 @@ type diskStorage struct {
 	lg          *zap.Logger
 	walDir      string
 	snapDir     string
+	stateDir    string // state files (snapstream.go)
 	wal         *wal.WAL
 	snapshotter *snap.Snapshotter
 }
@@ -54,7 +55,7 @@ func hasWAL(dataDir string) bool { return wal.Exist(walDir(dataDir)) }
 
 // createDisk creates a fresh WAL recording the node's identity.
 func createDisk(lg *zap.Logger, dataDir string, meta walMetadata) (*diskStorage, error) {
-	d := &diskStorage{lg: lg, walDir: walDir(dataDir), snapDir: snapDir(dataDir)}
+	d := &diskStorage{lg: lg, walDir: walDir(dataDir), snapDir: snapDir(dataDir), stateDir: stateDir(dataDir)}
 	if err := os.MkdirAll(d.snapDir, 0o750); err != nil {
 		return nil, fmt.Errorf("%w: create snapshot dir: %v", ErrStorage, err)
 	}
@@ -73,7 +74,7 @@ func createDisk(lg *zap.Logger, dataDir string, meta walMetadata) (*diskStorage,
 // torn last WAL record (a crash mid-write) is repaired once, as etcd does.
 func openDisk(lg *zap.Logger, dataDir string) (*diskStorage, recovered, error) {
 	var rec recovered
-	d := &diskStorage{lg: lg, walDir: walDir(dataDir), snapDir: snapDir(dataDir)}
+	d := &diskStorage{lg: lg, walDir: walDir(dataDir), snapDir: snapDir(dataDir), stateDir: stateDir(dataDir)}
 	if err := os.MkdirAll(d.snapDir, 0o750); err != nil {
 		return nil, rec, fmt.Errorf("%w: snapshot dir: %v", ErrStorage, err)
 	}
@@ -82,9 +83,9 @@ func openDisk(lg *zap.Logger, dataDir string) (*diskStorage, recovered, error) {
 	if err != nil {
 		return nil, rec, fmt.Errorf("%w: read wal snapshot records: %v", ErrStorage, err)
 	}
-	s, err := d.snapshotter.LoadNewestAvailable(walSnaps)
-	if err != nil && !errors.Is(err, snap.ErrNoSnapshot) {
-		return nil, rec, fmt.Errorf("%w: load snapshot: %v", ErrStorage, err)
+	s, skipped, err := d.loadNewestIntact(dataDir, walSnaps)
+	if err != nil {
+		return nil, rec, err
 	}
 	walSnap := walpb.Snapshot{}
 	if s != nil {
@@ -94,6 +95,11 @@ func openDisk(lg *zap.Logger, dataDir string) (*diskStorage, recovered, error) {
 	}
 	for repaired := false; ; repaired = true {
 		w, err := wal.Open(lg, d.walDir, walSnap)
+		if err != nil && skipped != nil {
+			return nil, rec, fmt.Errorf("%w: the newest snapshot is unusable (%v) and the log no longer "+
+				"reaches back to an older one (%v): restore this member from a backup, or remove it and "+
+				"join it again with an empty data directory", ErrStorage, skipped, err)
+		}
 		if err != nil {
 			return nil, rec, fmt.Errorf("%w: open wal: %v", ErrStorage, err)
 		}
@@ -112,6 +118,40 @@ func openDisk(lg *zap.Logger, dataDir string) (*diskStorage, recovered, error) {
 			return nil, rec, fmt.Errorf("%w: read wal: %v", ErrStorage, err)
 		}
 		lg.Warn("repaired torn wal tail", zap.String("dir", d.walDir))
+	}
+}
+
+// loadNewestIntact returns the newest snapshot the WAL records whose .snap
+// file and, for a reference, state file are intact (checksums checked), or
+// nil if there is none. skipped describes the newest one passed over.
+func (d *diskStorage) loadNewestIntact(dataDir string, walSnaps []walpb.Snapshot) (_ *raftpb.Snapshot, skipped, _ error) {
+	removeStaleStateTemps(stateDir(dataDir))
+	for {
+		s, err := d.snapshotter.LoadNewestAvailable(walSnaps)
+		if errors.Is(err, snap.ErrNoSnapshot) {
+			return nil, skipped, nil
+		}
+		if err != nil {
+			return nil, skipped, fmt.Errorf("%w: load snapshot: %v", ErrStorage, err)
+		}
+		ref, isRef, err := parseSnapRef(s.Data)
+		if err == nil && isRef {
+			err = checkStateFile(stateDir(dataDir), ref)
+		}
+		if err == nil {
+			return s, skipped, nil
+		}
+		if skipped == nil {
+			skipped = fmt.Errorf("snapshot %d: %v", s.Metadata.Index, err)
+		}
+		d.lg.Warn("snapshot unusable; trying an older one", zap.Uint64("index", s.Metadata.Index), zap.Error(err))
+		kept := walSnaps[:0:0]
+		for _, ws := range walSnaps {
+			if ws.Index != s.Metadata.Index || ws.Term != s.Metadata.Term {
+				kept = append(kept, ws)
+			}
+		}
+		walSnaps = kept
 	}
 }
 
@@ -164,10 +204,15 @@ func (d *diskStorage) startPurge(stop <-chan struct{}, maxSnap, maxWAL uint) <-c
 	const interval = 30 * time.Second
 	snapDone, _ := fileutil.PurgeFileWithDoneNotify(d.lg, d.snapDir, "snap", maxSnap, interval, stop)
 	walDone, _ := fileutil.PurgeFileWithDoneNotify(d.lg, d.walDir, "wal", maxWAL, interval, stop)
+	stateDone := closedChan()
+	if err := os.MkdirAll(d.stateDir, 0o750); err == nil {
+		stateDone, _ = fileutil.PurgeFileWithDoneNotify(d.lg, d.stateDir, "state", maxSnap, interval, stop)
+	}
 	done := make(chan struct{})
-	go func() { // exits when both purgers have seen stop
+	go func() { // exits when the purgers have seen stop
 		<-snapDone
 		<-walDone
+		<-stateDone
 		close(done)
 	}()
 	return done
@@ -195,4 +240,10 @@ func newMemoryStorage(rec recovered) (*raft.MemoryStorage, error) {
 		return nil, fmt.Errorf("%w: append wal entries: %v", ErrStorage, err)
 	}
 	return ms, nil
+}
+
+func closedChan() <-chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
 }

@@ -1,0 +1,332 @@
+package embedraft
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"hash/crc32"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"go.etcd.io/etcd/client/pkg/v3/fileutil"
+)
+
+// Snapshot state files. A snapshot's state lives in its own file,
+// DataDir/snap/state/<term>-<index>.state, written as a stream:
+//
+//	...        the snapshot envelope (codec.go: magic, membership, then the
+//	           service's bytes, as a view's WriteTo or GetSnapshot wrote them)
+//	4 bytes    CRC32C (Castagnoli) of the envelope, big endian
+//
+// It is written to a temporary name, fsynced, renamed and the directory
+// fsynced. The raft snapshot (MemoryStorage, the .snap file, the WAL
+// record) holds only a small reference to it: snapRef. So the whole state
+// is never one []byte on the node that makes the snapshot.
+//
+// A follower that is sent a snapshot still gets it as one message
+// (rafthttp's pipeline, bounded by MaxSnapshotBytes): expandSnapshot reads
+// the file back into the message on its own goroutine, and the receiver
+// writes the envelope it got into a state file before recording it.
+// TODO(issue 9): stream the send over rafthttp's /raft/snapshot route with a
+// merged reader (etcd's snap.Message), and receive it into the file, so
+// neither side holds the state in one buffer.
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// refMagic starts a snapshot's Data when it is a reference to a state file
+// rather than the envelope itself (snapMagic).
+var refMagic = [4]byte{'E', 'R', 'F', 1}
+
+// snapRef is what a raft snapshot's Data holds: the file and what it must
+// contain.
+type snapRef struct {
+	File string `json:"file"` // base name in the state directory
+	Size int64  `json:"size"` // envelope bytes, without the checksum
+	CRC  uint32 `json:"crc32c"`
+}
+
+func (r snapRef) marshal() []byte {
+	b, _ := json.Marshal(r) // strings and integers always encode
+	return append(refMagic[:len(refMagic):len(refMagic)], b...)
+}
+
+// parseSnapRef returns the reference held in a snapshot's Data, if it is
+// one. A reference only ever comes from this node's own disk: peers send
+// envelopes, and checkPeerMessage refuses anything else.
+func parseSnapRef(data []byte) (snapRef, bool, error) {
+	var r snapRef
+	if len(data) < 4 || [4]byte(data[:4]) != refMagic {
+		return r, false, nil
+	}
+	if err := json.Unmarshal(data[4:], &r); err != nil {
+		return r, true, fmt.Errorf("bad snapshot reference: %v", err)
+	}
+	if r.File == "" || r.File != filepath.Base(r.File) || strings.HasPrefix(r.File, ".") || r.Size < 5 {
+		return r, true, fmt.Errorf("bad snapshot reference %q", data[4:])
+	}
+	return r, true, nil
+}
+
+func stateDir(dataDir string) string { return filepath.Join(snapDir(dataDir), "state") }
+
+func stateFileName(term, index uint64) string { return fmt.Sprintf("%016x-%016x.state", term, index) }
+
+// bytesView is the view of a service without the extension: its
+// GetSnapshot bytes.
+type bytesView []byte
+
+func (b bytesView) WriteTo(w io.Writer) (int64, error) {
+	n, err := w.Write(b)
+	return int64(n), err
+}
+
+func (bytesView) Release() {}
+
+// countingWriter counts and checksums what goes through it, and refuses to
+// go on once stop is closed (so a view's WriteTo ends when the node stops).
+type countingWriter struct {
+	w    io.Writer
+	crc  hash.Hash32
+	n    int64
+	stop <-chan struct{}
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	select {
+	case <-c.stop:
+		return 0, ErrStopped
+	default:
+	}
+	n, err := c.w.Write(p)
+	c.crc.Write(p[:n])
+	c.n += int64(n)
+	return n, err
+}
+
+// writeStateFile writes a state file from the membership and the view, and
+// returns the reference to it. It does not release the view.
+func writeStateFile(dir, name string, members []byte, view SnapshotView, stop <-chan struct{}) (snapRef, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return snapRef{}, fmt.Errorf("%w: create state dir: %v", ErrStorage, err)
+	}
+	tmp := filepath.Join(dir, name+".tmp")
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
+	if err != nil {
+		return snapRef{}, fmt.Errorf("%w: create state file: %v", ErrStorage, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	bw := bufio.NewWriterSize(f, 1<<20)
+	cw := &countingWriter{w: bw, crc: crc32.New(crcTable), stop: stop}
+	head := append(snapMagic[:len(snapMagic):len(snapMagic)], binary.AppendUvarint(nil, uint64(len(members)))...)
+	if _, err := cw.Write(append(head, members...)); err != nil {
+		return snapRef{}, fmt.Errorf("%w: write state file: %v", ErrStorage, err)
+	}
+	if _, err := view.WriteTo(cw); err != nil {
+		return snapRef{}, fmt.Errorf("snapshot view: %w", err)
+	}
+	ref := snapRef{File: name, Size: cw.n, CRC: cw.crc.Sum32()}
+	if err := binary.Write(bw, binary.BigEndian, ref.CRC); err != nil {
+		return snapRef{}, fmt.Errorf("%w: write state file: %v", ErrStorage, err)
+	}
+	if err := bw.Flush(); err != nil {
+		return snapRef{}, fmt.Errorf("%w: write state file: %v", ErrStorage, err)
+	}
+	if err := fileutil.Fsync(f); err != nil {
+		return snapRef{}, fmt.Errorf("%w: sync state file: %v", ErrStorage, err)
+	}
+	if err := f.Close(); err != nil {
+		return snapRef{}, fmt.Errorf("%w: close state file: %v", ErrStorage, err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		return snapRef{}, fmt.Errorf("%w: rename state file: %v", ErrStorage, err)
+	}
+	ok = true
+	if err := fsyncDir(dir); err != nil {
+		return snapRef{}, fmt.Errorf("%w: sync state dir: %v", ErrStorage, err)
+	}
+	return ref, nil
+}
+
+func fsyncDir(dir string) error {
+	d, err := fileutil.OpenDir(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return fileutil.Fsync(d)
+}
+
+// stateReader reads a state file's envelope and checks it against the
+// reference and the trailing checksum: Read returns an error instead of
+// io.EOF when they do not match.
+type stateReader struct {
+	f   *os.File
+	r   io.Reader // the envelope, limited to ref.Size
+	br  *bufio.Reader
+	crc hash.Hash32
+	ref snapRef
+}
+
+func openState(dir string, ref snapRef) (*stateReader, error) {
+	f, err := os.Open(filepath.Join(dir, ref.File))
+	if err != nil {
+		return nil, fmt.Errorf("open state file: %v", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("stat state file: %v", err)
+	}
+	if st.Size() != ref.Size+4 {
+		f.Close()
+		return nil, fmt.Errorf("state file %s has %d bytes, want %d (truncated or replaced)", ref.File, st.Size(), ref.Size+4)
+	}
+	s := &stateReader{f: f, br: bufio.NewReaderSize(f, 1<<20), crc: crc32.New(crcTable), ref: ref}
+	s.r = io.TeeReader(io.LimitReader(s.br, ref.Size), s.crc)
+	return s, nil
+}
+
+func (s *stateReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err == io.EOF {
+		var trailer uint32
+		if terr := binary.Read(s.br, binary.BigEndian, &trailer); terr != nil {
+			return n, fmt.Errorf("state file %s: checksum: %v", s.ref.File, terr)
+		}
+		if sum := s.crc.Sum32(); sum != trailer || sum != s.ref.CRC {
+			return n, fmt.Errorf("state file %s is corrupt: checksum %08x, file says %08x, snapshot says %08x",
+				s.ref.File, sum, trailer, s.ref.CRC)
+		}
+	}
+	return n, err
+}
+
+func (s *stateReader) Close() error { return s.f.Close() }
+
+// checkStateFile reads a whole state file and checks its checksum.
+func checkStateFile(dir string, ref snapRef) error {
+	s, err := openState(dir, ref)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	_, err = io.Copy(io.Discard, s)
+	return err
+}
+
+// readStateEnvelope returns a state file's envelope as one buffer, checked,
+// for a MsgSnap; max bounds it (the receiver's MaxSnapshotBytes).
+func readStateEnvelope(dir string, ref snapRef, max int64) ([]byte, error) {
+	if ref.Size > max {
+		return nil, fmt.Errorf("snapshot is %d bytes, beyond MaxSnapshotBytes (%d)", ref.Size, max)
+	}
+	s, err := openState(dir, ref)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	buf := bytes.NewBuffer(make([]byte, 0, ref.Size))
+	if _, err := io.Copy(buf, s); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// readEnvelopeHead reads the magic and membership at the start of an
+// envelope stream, leaving r at the service's bytes.
+func readEnvelopeHead(r *bufio.Reader) (members []byte, err error) {
+	var magic [4]byte
+	if _, err := io.ReadFull(r, magic[:]); err != nil || magic != snapMagic {
+		return nil, errors.New("bad snapshot envelope: magic")
+	}
+	l, err := binary.ReadUvarint(r)
+	if err != nil || l > 1<<30 {
+		return nil, errors.New("bad snapshot envelope: membership length")
+	}
+	members = make([]byte, l)
+	if _, err := io.ReadFull(r, members); err != nil {
+		return nil, errors.New("bad snapshot envelope: membership length")
+	}
+	return members, nil
+}
+
+// snapshotMembers returns the membership a snapshot's Data holds, reading
+// only the head of its state file when it is a reference.
+func snapshotMembers(dataDir string, data []byte) ([]byte, error) {
+	ref, isRef, err := parseSnapRef(data)
+	if err != nil {
+		return nil, err
+	}
+	if !isRef {
+		members, _, err := unmarshalSnapshot(data)
+		return members, err
+	}
+	s, err := openState(stateDir(dataDir), ref)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	return readEnvelopeHead(bufio.NewReader(s))
+}
+
+// restoreFromReader loads an envelope stream: membership first, then the
+// service's state, through RestoreSnapshot when the service streams, else
+// read into one buffer for ResetSnap.
+func (n *Node) restoreFromReader(index uint64, r io.Reader) error {
+	br := bufio.NewReaderSize(r, 64<<10)
+	members, err := readEnvelopeHead(br)
+	if err != nil {
+		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, index, err)
+	}
+	if err := n.reg.restore(members); err != nil {
+		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, index, err)
+	}
+	if ss, ok := n.svc.(StreamSnapshotter); ok {
+		if err := ss.RestoreSnapshot(br); err != nil {
+			return fmt.Errorf("service restore from snapshot %d: %w", index, err)
+		}
+		// Read what the service left, so that the checksum is checked.
+		if _, err := io.Copy(io.Discard, br); err != nil {
+			return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, index, err)
+		}
+		return nil
+	}
+	// The checksum is checked at the end of the stream, before ResetSnap.
+	data, err := io.ReadAll(br)
+	if err != nil {
+		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, index, err)
+	}
+	if err := n.svc.ResetSnap(data); err != nil {
+		return fmt.Errorf("service reset from snapshot %d: %w", index, err)
+	}
+	return nil
+}
+
+// commitService applies one write of an entry, by CommitIndexed when the
+// service has it.
+func (n *Node) commitService(at Position, data []byte) error {
+	if ic, ok := n.svc.(IndexedCommitter); ok {
+		return ic.CommitIndexed(at, data)
+	}
+	return n.svc.Commit(data)
+}
+
+// removeStaleStateTemps deletes temporary state files a crash left behind.
+func removeStaleStateTemps(dir string) {
+	names, _ := filepath.Glob(filepath.Join(dir, "*.tmp"))
+	for _, name := range names {
+		os.Remove(name)
+	}
+}
