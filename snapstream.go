@@ -177,6 +177,7 @@ type stateReader struct {
 	br  *bufio.Reader
 	crc hash.Hash32
 	ref snapRef
+	end error // io.EOF or the checksum's error, once reached
 }
 
 func openState(dir string, ref snapRef) (*stateReader, error) {
@@ -199,16 +200,19 @@ func openState(dir string, ref snapRef) (*stateReader, error) {
 }
 
 func (s *stateReader) Read(p []byte) (int, error) {
+	if s.end != nil {
+		return 0, s.end
+	}
 	n, err := s.r.Read(p)
 	if err == io.EOF {
 		var trailer uint32
 		if terr := binary.Read(s.br, binary.BigEndian, &trailer); terr != nil {
-			return n, fmt.Errorf("state file %s: checksum: %v", s.ref.File, terr)
-		}
-		if sum := s.crc.Sum32(); sum != trailer || sum != s.ref.CRC {
-			return n, fmt.Errorf("state file %s is corrupt: checksum %08x, file says %08x, snapshot says %08x",
+			err = fmt.Errorf("state file %s: checksum: %v", s.ref.File, terr)
+		} else if sum := s.crc.Sum32(); sum != trailer || sum != s.ref.CRC {
+			err = fmt.Errorf("state file %s is corrupt: checksum %08x, file says %08x, snapshot says %08x",
 				s.ref.File, sum, trailer, s.ref.CRC)
 		}
+		s.end = err // the checksum is read once; later reads repeat the outcome
 	}
 	return n, err
 }

@@ -43,6 +43,7 @@ type Store struct {
 	preprocess atomic.Int64
 	commits    atomic.Int64
 	resets     atomic.Int64
+	writeHook  atomic.Pointer[func()]
 }
 
 // New returns an empty store.

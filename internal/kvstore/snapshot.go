@@ -31,7 +31,20 @@ var _ embedraft.StreamSnapshotter = (*Store)(nil)
 
 type kvPair struct{ key, value string }
 
-type view struct{ pairs []kvPair }
+type view struct {
+	pairs []kvPair
+	hook  func() // see SetSnapshotWriteHook
+}
+
+// SetSnapshotWriteHook makes every later view's WriteTo call f first; tests
+// use it to hold a snapshot while writes go on. nil removes it.
+func (s *Store) SetSnapshotWriteHook(f func()) {
+	if f == nil {
+		s.writeHook.Store(nil)
+		return
+	}
+	s.writeHook.Store(&f)
+}
 
 // CaptureSnapshot copies the map's entries (not their bytes) under the
 // read lock.
@@ -42,11 +55,18 @@ func (s *Store) CaptureSnapshot() (embedraft.SnapshotView, error) {
 	for k, v := range s.data {
 		pairs = append(pairs, kvPair{k, v})
 	}
-	return &view{pairs: pairs}, nil
+	v := &view{pairs: pairs}
+	if f := s.writeHook.Load(); f != nil {
+		v.hook = *f
+	}
+	return v, nil
 }
 
 // WriteTo streams the records.
 func (v *view) WriteTo(w io.Writer) (int64, error) {
+	if v.hook != nil {
+		v.hook()
+	}
 	cw := &countWriter{w: w}
 	bw := bufio.NewWriterSize(cw, 256<<10)
 	var num [binary.MaxVarintLen64]byte

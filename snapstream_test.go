@@ -1,0 +1,191 @@
+package embedraft_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/embedraft/embedraft"
+	tc "github.com/embedraft/embedraft/internal/testcluster"
+)
+
+// stateFiles returns a member's snapshot state files, oldest first.
+func stateFiles(t *testing.T, m *tc.Member) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(m.Dir, "snap", "state", "*.state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(files)
+	return files
+}
+
+// A service with a streamed snapshot (the demo's store) and a state of more
+// than 100 times MaxRequestBytes catches a new member up by a snapshot, and
+// that member restarts from the state file it received.
+func TestSnapshotLargeStateCatchesUpNewMember(t *testing.T) {
+	const reqBytes = 4096
+	c := tc.NewStatic(t, 3, func(cfg *embedraft.Config) {
+		cfg.MaxRequestBytes = reqBytes
+		cfg.SnapshotCount = 20
+		cfg.CatchUpEntries = 5
+	})
+	leader := c.WaitLeader(5 * time.Second)
+	value := strings.Repeat("v", reqBytes-200)
+	const keys = 110 // 110 x 3896 bytes > 100 x MaxRequestBytes
+	for i := range keys {
+		c.MustSet(leader, fmt.Sprintf("k%03d", i), value)
+	}
+	if len(stateFiles(t, leader)) == 0 {
+		t.Fatalf("the leader wrote no state file")
+	}
+	joiner := c.Join(leader)
+	state := c.WaitConverged(20 * time.Second)
+	if len(state) != keys {
+		t.Fatalf("state has %d keys, want %d", len(state), keys)
+	}
+	if joiner.Store.ResetCount() == 0 {
+		t.Fatalf("the new member caught up without installing a snapshot")
+	}
+	files := stateFiles(t, joiner)
+	if len(files) == 0 {
+		t.Fatalf("the new member kept no state file")
+	}
+	if st, err := os.Stat(files[len(files)-1]); err != nil || st.Size() < 100*reqBytes {
+		t.Fatalf("state file %v: %v", st, err)
+	}
+
+	t.Run("OK restart restores from the state file", func(t *testing.T) {
+		joiner.Stop()
+		joiner.Restart()
+		if joiner.Store.ResetCount() != 1 {
+			t.Fatalf("restart restored %d times, want once", joiner.Store.ResetCount())
+		}
+		if got := joiner.Store.Len(); got != keys {
+			t.Fatalf("restarted with %d keys, want %d", got, keys)
+		}
+		c.MustSet(leader, "after", "1")
+		c.WaitConverged(10 * time.Second)
+	})
+}
+
+// A state file damaged on disk is detected by its checksum at restart: the
+// node falls back to the previous snapshot (the WAL still reaches back to
+// it) and comes back with the full state, never with the damaged one.
+func TestSnapshotDamagedStateFile(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		damage func(path string) error
+	}{
+		{"corrupt", func(path string) error {
+			b, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			b[len(b)/2] ^= 0xff
+			return os.WriteFile(path, b, 0o640)
+		}},
+		{"truncated", func(path string) error {
+			st, err := os.Stat(path)
+			if err != nil {
+				return err
+			}
+			return os.Truncate(path, st.Size()/2)
+		}},
+		{"missing", os.Remove},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := tc.NewStatic(t, 3, func(cfg *embedraft.Config) {
+				cfg.SnapshotCount = 10
+				cfg.CatchUpEntries = 5
+			})
+			leader := c.WaitLeader(5 * time.Second)
+			f := c.Followers()[0]
+			for i := range 45 {
+				c.MustSet(leader, fmt.Sprintf("k%d", i), "v")
+			}
+			c.WaitConverged(10 * time.Second)
+			tc.Eventually(t, 10*time.Second, func() error {
+				if n := len(stateFiles(t, f)); n < 2 {
+					return fmt.Errorf("follower has %d state files", n)
+				}
+				return nil
+			})
+			f.Stop()
+			files := stateFiles(t, f)
+			if err := tt.damage(files[len(files)-1]); err != nil {
+				t.Fatal(err)
+			}
+			// The WAL (one 64 MiB segment) still reaches back to the
+			// previous snapshot, so the node falls back to it.
+			if err := f.TryRestart(); err != nil {
+				t.Fatalf("restart with a damaged newest snapshot: %v", err)
+			}
+			if got := f.Store.Len(); got != 45 {
+				t.Fatalf("restarted with %d keys, want 45", got)
+			}
+			c.MustSet(leader, "after", "1")
+			c.WaitConverged(10 * time.Second)
+		})
+	}
+}
+
+// A snapshot being written does not hold up the cluster: with the leader's
+// WriteTo held, writes are still acknowledged and applied, and the leader
+// stays leader in the same term (its heartbeats go on).
+func TestSnapshotWriteRunsConcurrentlyWithCommits(t *testing.T) {
+	c := tc.NewStatic(t, 3, func(cfg *embedraft.Config) {
+		cfg.SnapshotCount = 10
+		cfg.CatchUpEntries = 5
+	})
+	leader := c.WaitLeader(5 * time.Second)
+	entered := make(chan struct{}, 16)
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	defer unblock() // Close waits for the snapshot goroutine
+	leader.Store.SetSnapshotWriteHook(func() {
+		entered <- struct{}{}
+		<-release
+	})
+	term := leader.Node.Status().Term
+	for i := 0; ; i++ {
+		c.MustSet(leader, fmt.Sprintf("before%d", i), "v")
+		if len(entered) > 0 {
+			break
+		}
+		if i > 50 {
+			t.Fatalf("no snapshot started after %d writes", i)
+		}
+	}
+	applied := leader.Node.Status().Applied
+	held := time.Now()
+	for i := 0; i < 40 || time.Since(held) < 3*time.Second; i++ {
+		c.MustSet(leader, fmt.Sprintf("during%d", i), "v")
+	}
+	st := leader.Node.Status()
+	if st.State != "leader" || st.Term != term {
+		t.Fatalf("while a snapshot was held the leader became %s in term %d (was leader in %d)", st.State, st.Term, term)
+	}
+	if st.Applied < applied+40 {
+		t.Fatalf("applied %d while the snapshot was held, want at least %d", st.Applied, applied+40)
+	}
+	if len(entered) != 1 {
+		t.Fatalf("%d snapshots were written at once, want 1", len(entered))
+	}
+	before := len(stateFiles(t, leader))
+	unblock()
+	leader.Store.SetSnapshotWriteHook(nil)
+	tc.Eventually(t, 10*time.Second, func() error {
+		if n := len(stateFiles(t, leader)); n <= before {
+			return fmt.Errorf("no new state file after the release (%d)", n)
+		}
+		return nil
+	})
+	c.WaitConverged(10 * time.Second)
+}
