@@ -1,0 +1,131 @@
+package embedraft
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"go.etcd.io/etcd/raft/v3"
+	"go.etcd.io/etcd/raft/v3/raftpb"
+)
+
+func TestParseSnapRef(t *testing.T) {
+	good := snapRef{File: "0000000000000001-0000000000000010.state", Size: 100, CRC: 7}
+	t.Run("OK", func(t *testing.T) {
+		r, isRef, err := parseSnapRef(good.marshal())
+		if err != nil || !isRef || r != good {
+			t.Fatalf("parseSnapRef = %+v %v %v", r, isRef, err)
+		}
+	})
+	t.Run("OK envelope is no reference", func(t *testing.T) {
+		if _, isRef, err := parseSnapRef(marshalSnapshot(nil, []byte("x"))); isRef || err != nil {
+			t.Fatalf("envelope taken for a reference: %v %v", isRef, err)
+		}
+	})
+	for _, bad := range []snapRef{
+		{File: "../../etc/passwd", Size: 100},
+		{File: "a/b.state", Size: 100},
+		{File: ".hidden", Size: 100},
+		{File: "", Size: 100},
+		{File: "x.state", Size: 0},
+	} {
+		t.Run("ErrBad "+bad.File, func(t *testing.T) {
+			if _, isRef, err := parseSnapRef(bad.marshal()); !isRef || err == nil {
+				t.Fatalf("parseSnapRef(%+v) accepted", bad)
+			}
+		})
+	}
+}
+
+func TestStateFile(t *testing.T) {
+	dir := t.TempDir()
+	members, service := []byte(`{"members":{}}`), bytes.Repeat([]byte("state"), 100000)
+	ref, err := writeStateFile(dir, "a.state", members, bytesView(service), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	envelope := marshalSnapshot(members, service)
+	t.Run("OK", func(t *testing.T) {
+		if int(ref.Size) != len(envelope) {
+			t.Fatalf("size %d, want %d", ref.Size, len(envelope))
+		}
+		got, err := readStateEnvelope(dir, ref, 1<<30)
+		if err != nil || !bytes.Equal(got, envelope) {
+			t.Fatalf("readStateEnvelope: %v (equal %v)", err, bytes.Equal(got, envelope))
+		}
+		if err := checkStateFile(dir, ref); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("ErrTooLarge", func(t *testing.T) {
+		if _, err := readStateEnvelope(dir, ref, ref.Size-1); err == nil {
+			t.Fatalf("a snapshot beyond MaxSnapshotBytes was read")
+		}
+	})
+	t.Run("ErrCorrupt", func(t *testing.T) {
+		b, _ := os.ReadFile(filepath.Join(dir, ref.File))
+		b[len(b)/3] ^= 1
+		os.WriteFile(filepath.Join(dir, "b.state"), b, 0o600)
+		bad := ref
+		bad.File = "b.state"
+		s, err := openState(dir, bad)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		if _, err := io.Copy(io.Discard, s); err == nil || !strings.Contains(err.Error(), "corrupt") {
+			t.Fatalf("corrupt state file read: %v", err)
+		}
+		if _, err := s.Read(make([]byte, 1)); err == nil || err == io.EOF {
+			t.Fatalf("a read after the checksum failed returned %v", err)
+		}
+	})
+	t.Run("ErrTruncated", func(t *testing.T) {
+		b, _ := os.ReadFile(filepath.Join(dir, ref.File))
+		os.WriteFile(filepath.Join(dir, "c.state"), b[:len(b)-1], 0o600)
+		bad := ref
+		bad.File = "c.state"
+		if err := checkStateFile(dir, bad); err == nil {
+			t.Fatalf("truncated state file accepted")
+		}
+	})
+	t.Run("OK no temp file left", func(t *testing.T) {
+		if tmps, _ := filepath.Glob(filepath.Join(dir, "*.tmp")); len(tmps) != 0 {
+			t.Fatalf("temp files left: %v", tmps)
+		}
+	})
+}
+
+// Compaction keeps at most CatchUpEntries entries and CatchUpBytes bytes of
+// them: large entries cannot make the in-memory log grow without bound.
+func TestCompactIndexBoundsBytes(t *testing.T) {
+	ms := raft.NewMemoryStorage()
+	var ents []raftpb.Entry
+	for i := uint64(1); i <= 100; i++ {
+		ents = append(ents, raftpb.Entry{Index: i, Term: 1, Data: make([]byte, 1000)})
+	}
+	if err := ms.Append(ents); err != nil {
+		t.Fatal(err)
+	}
+	size := uint64(ents[0].Size())
+	for _, tt := range []struct {
+		name           string
+		entries, bytes uint64
+		want           uint64
+	}{
+		{"count bound", 10, 1 << 30, 90},
+		{"bytes bound", 50, 5*size + size/2, 95},
+		{"one entry too large", 50, size / 2, 100},
+		{"nothing to compact", 200, 1 << 30, 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			n := &Node{cfg: Config{CatchUpEntries: tt.entries, CatchUpBytes: tt.bytes}, storage: ms}
+			if got := n.compactIndex(100); got != tt.want {
+				t.Fatalf("compactIndex(100) = %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
