@@ -58,7 +58,9 @@ func (n *Node) proposeLoop() {
 		} else {
 			data = entryEnvelope{Kind: kindBatch, Origin: n.id, Payload: marshalBatch(batch)}.marshal()
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ForwardTimeout)
+		// Bounded, and ended by stop: raft blocks a proposal while no
+		// leader is known.
+		ctx, cancel := context.WithTimeout(n.stopCtx, n.cfg.ForwardTimeout)
 		err := n.rn.Propose(ctx, data)
 		cancel()
 		for _, p := range batch {

@@ -230,7 +230,7 @@ func (n *Node) proposeStarted() {
 		return // the previous proposal may still be on its way
 	}
 	p.last, p.lastAt = ids, time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ForwardTimeout)
+	ctx, cancel := context.WithTimeout(n.stopCtx, n.cfg.ForwardTimeout)
 	defer cancel()
 	env := entryEnvelope{Kind: kindStarted, Origin: n.id, Payload: marshalIDs(ids)}
 	if err := n.rn.Propose(ctx, env.marshal()); err != nil && !errors.Is(err, raft.ErrProposalDropped) {

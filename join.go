@@ -484,7 +484,7 @@ func (n *Node) promoteCaughtUpLearner() {
 		if !pr.IsLearner || !pr.RecentActive || pr.State != tracker.StateReplicate || pr.Match*10 < self.Match*9 {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ForwardTimeout)
+		ctx, cancel := context.WithTimeout(n.stopCtx, n.cfg.ForwardTimeout)
 		err := n.changeMembership(ctx, func() (raftpb.ConfChange, string, error) {
 			m, ok := n.reg.member(id)
 			if !ok || m.Role != RoleLearner {
@@ -548,7 +548,7 @@ func (n *Node) switchToCluster() error {
 // commitInit elects this single-voter cluster's leader and commits the init
 // entry carrying the standalone state, waiting until it is applied.
 func (n *Node) commitInit(data []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.JoinTimeout)
+	ctx, cancel := context.WithTimeout(n.stopCtx, n.cfg.JoinTimeout)
 	defer cancel()
 	if err := n.campaignAlone(ctx); err != nil {
 		return err

@@ -115,6 +115,8 @@ type Node struct {
 	heard heardTracker
 
 	stopc     chan struct{} // closed to stop every goroutine
+	stopCtx   context.Context
+	stopCause context.CancelFunc // cancels stopCtx; called with stopc's close
 	closed    atomic.Bool   // Close was called: every route and method refuses
 	stopOnce  sync.Once
 	loops     sync.WaitGroup
@@ -174,6 +176,7 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		done:      make(chan struct{}),
 		backupc:   make(chan backupRequest),
 	}
+	n.stopCtx, n.stopCause = context.WithCancel(context.Background())
 	// Request ids start at a random point, not the clock: ids of entries
 	// proposed before a restart are still in the log, and a clock stepped
 	// back would repeat them (waking the wrong waiter).
@@ -606,6 +609,7 @@ func (n *Node) stop(err error) {
 	}
 	n.stopOnce.Do(func() {
 		close(n.stopc)
+		n.stopCause()
 		// Free raft, the transport and the WAL as soon as the loops exit,
 		// not only on Close: a removed or failed node must stop talking to
 		// its peers at once.
