@@ -118,6 +118,7 @@ type Node struct {
 	stopCtx   context.Context
 	stopCause context.CancelFunc // cancels stopCtx; called with stopc's close
 	closed    atomic.Bool   // Close was called: every route and method refuses
+	inflight  atomic.Int64  // writes under way here (Close lets them finish)
 	stopOnce  sync.Once
 	loops     sync.WaitGroup
 	done      chan struct{} // closed when everything is released
@@ -656,6 +657,7 @@ func (n *Node) release() {
 func (n *Node) Close(ctx context.Context) error {
 	n.closed.Store(true)
 	n.handOff(ctx)
+	n.drain(ctx)
 	n.stop(nil)
 	n.unregisterMetrics()
 	select {
@@ -663,6 +665,36 @@ func (n *Node) Close(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("close: %w", ctx.Err())
+	}
+}
+
+// drain waits, at most an election timeout, until the writes under way here
+// are answered and every entry in this node's log is applied: after a
+// hand-off the new leader commits what the old one proposed, and its
+// writers get their success instead of an unknown outcome.
+func (n *Node) drain(ctx context.Context) {
+	if n.Mode() != ModeCluster {
+		return
+	}
+	deadline := time.NewTimer(time.Duration(n.cfg.ElectionTicks) * n.cfg.TickInterval)
+	defer deadline.Stop()
+	tick := time.NewTicker(n.cfg.TickInterval / 4)
+	defer tick.Stop()
+	for {
+		last, err := n.storage.LastIndex()
+		if n.inflight.Load() == 0 && (err != nil || n.applied.get() >= last) {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			n.log.Warn("closing with writes still under way", "writes", n.inflight.Load(), "applied", n.applied.get(), "last", last)
+			return
+		case <-ctx.Done():
+			return
+		case <-n.stopc:
+			return
+		}
 	}
 }
 

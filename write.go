@@ -69,9 +69,16 @@ func (n *Node) write(ctx context.Context, body []byte) (_ writeResult, err error
 	default:
 		return writeResult{}, ErrStopped
 	}
+	n.inflight.Add(1)
+	defer n.inflight.Add(-1)
 	var pre *preprocessed // this node's PreProcessData result, reused across retries
 	var retryUntil time.Time
 	for {
+		// A closing node starts no new attempt (nothing proposed yet: the
+		// client may retry elsewhere); Close waits for the ones under way.
+		if n.closed.Load() {
+			return writeResult{}, fmt.Errorf("%w: node closing", ErrStopped)
+		}
 		select {
 		case <-n.stopc:
 			return writeResult{}, ErrStopped
@@ -175,9 +182,14 @@ func (n *Node) writeStandalone(body []byte) (res writeResult, done bool, err err
 // proposeLocal runs a forwarded write on the leader: PreProcessData, then
 // propose. It never retries: a refusal goes back to the forwarding node.
 func (n *Node) proposeLocal(ctx context.Context, body []byte) (writeResult, error) {
+	if n.closed.Load() {
+		return writeResult{}, fmt.Errorf("%w: leader closing", ErrStopped)
+	}
 	if raft.StateType(n.raftState.Load()) != raft.StateLeader {
 		return writeResult{}, ErrNotLeader
 	}
+	n.inflight.Add(1)
+	defer n.inflight.Add(-1)
 	pre, err := n.preprocess(body)
 	if err != nil {
 		return writeResult{}, err
