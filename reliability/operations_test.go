@@ -287,21 +287,27 @@ func rollingRestartAfter(r *run) {
 		}
 		return false
 	}
-	byStatus := map[int]int{}
+	byStatus := map[string]int{}
 	var unavailable, connRestarting int
 	var bad []string
+	var unsure []chaos.WriteFailure // unique keys answered neither 2xx nor 503
 	for _, f := range r.w.Failures() {
 		switch {
 		case f.Status == 503:
 			unavailable++
-		case f.Status != 0:
-			byStatus[f.Status]++
-			bad = append(bad, fmt.Sprintf("node %d answered %d at %s", f.Node, f.Status, f.Return.Format("15:04:05.000")))
-		case restarting(f):
+			continue
+		case f.Status == 0 && restarting(f):
 			connRestarting++
+			continue
+		case f.Status != 0:
+			byStatus[fmt.Sprintf("%d %s", f.Status, f.Code)]++
+			bad = append(bad, fmt.Sprintf("node %d (restarting=%v) answered %d %s at %s", f.Node, restarting(f), f.Status, f.Code, f.Return.Format("15:04:05.000")))
 		default:
-			byStatus[0]++
+			byStatus["connection error"]++
 			bad = append(bad, fmt.Sprintf("node %d (not being restarted): %s at %s", f.Node, f.Err, f.Return.Format("15:04:05.000")))
+		}
+		if strings.HasPrefix(f.Key, "u-") {
+			unsure = append(unsure, f)
 		}
 	}
 	s := r.w.Stats()
@@ -310,7 +316,23 @@ func rollingRestartAfter(r *run) {
 	r.t.Logf("rolling restart over %v: writes attempted=%d acknowledged=%d failed=%d: 503=%d, connection errors to the node being restarted=%d, anything else=%d %v; max pause between acknowledged writes %v (from %s)",
 		last.Sub(first).Round(time.Millisecond), s.Attempted, s.Acknowledged, unavailable+connRestarting+len(bad),
 		unavailable, connRestarting, len(bad), byStatus, gap.Round(time.Millisecond), at.Format("15:04:05.000"))
-	if len(bad) > 0 {
-		r.t.Errorf("%d failed writes were neither 503 nor a connection error to the node being restarted, e.g. %v", len(bad), bad[:min(5, len(bad))])
+	if len(bad) == 0 {
+		return
 	}
+	r.t.Errorf("%d failed writes were neither 503 nor a connection error to the node being restarted, e.g. %v", len(bad), bad[:min(5, len(bad))])
+	if len(unsure) == 0 {
+		return
+	}
+	// Say whether those writes took effect after all (unique keys only).
+	conv, err := r.c.WaitConverged(45 * time.Second)
+	if err != nil {
+		return // the end checks report it
+	}
+	applied := 0
+	for _, f := range unsure {
+		if conv.State[f.Key] == f.Value {
+			applied++
+		}
+	}
+	r.t.Logf("of those, %d wrote a unique key: %d of them were applied after all", len(unsure), applied)
 }

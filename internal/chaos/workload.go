@@ -58,7 +58,9 @@ type Workload struct {
 type WriteFailure struct {
 	Node         int // the node's Index
 	Call, Return time.Time
+	Key, Value   string
 	Status       int    // the HTTP status; 0 when there was no answer
+	Code         string // the answer's envelope code ("unknown_outcome", ...)
 	Err          string // the client's error when there was no answer
 }
 
@@ -126,7 +128,7 @@ func (w *Workload) write(ctx context.Context, client int, n *Node, key, value st
 	body, _ := json.Marshal(map[string]string{"key": key, "value": value})
 	w.count(func(*Stats) { w.inFlight++ })
 	call := w.now()
-	status, err := w.do(ctx, http.MethodPost, n.URL()+"/raft/api/set", body)
+	status, code, err := w.do(ctx, http.MethodPost, n.URL()+"/raft/api/set", body)
 	ret := w.now()
 	cut := ctx.Err() != nil && err != nil
 	if cut {
@@ -137,7 +139,8 @@ func (w *Workload) write(ctx context.Context, client int, n *Node, key, value st
 	w.inFlight--
 	w.stats.Attempted++
 	if !cut && (err != nil || status/100 != 2) {
-		f := WriteFailure{Node: n.Index, Call: w.Start.Add(time.Duration(call)), Return: w.Start.Add(time.Duration(ret)), Status: status}
+		f := WriteFailure{Node: n.Index, Call: w.Start.Add(time.Duration(call)), Return: w.Start.Add(time.Duration(ret)),
+			Key: key, Value: value, Status: status, Code: code}
 		if err != nil {
 			f.Err = err.Error()
 		}
@@ -259,18 +262,26 @@ func (w *Workload) count(f func(*Stats)) {
 	w.mu.Unlock()
 }
 
-func (w *Workload) do(ctx context.Context, method, url string, body []byte) (int, error) {
+// do sends one request and returns the status and, for an error answer,
+// its envelope code.
+func (w *Workload) do(ctx context.Context, method, url string, body []byte) (int, string, error) {
 	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	resp, err := w.client.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	defer resp.Body.Close()
+	var env struct {
+		Code string `json:"code"`
+	}
+	if resp.StatusCode/100 != 2 {
+		_ = json.NewDecoder(resp.Body).Decode(&env)
+	}
 	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode, nil
+	return resp.StatusCode, env.Code, nil
 }
 
 // History returns the recorded operations.
