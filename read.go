@@ -32,8 +32,9 @@ type readBatcher struct {
 
 // readRound is one batch of reads: done is closed once err is set.
 type readRound struct {
-	done chan struct{}
-	err  error
+	done  chan struct{}
+	err   error
+	reads int // reads that joined, guarded by readBatcher.mu
 }
 
 func newReadBatcher() *readBatcher {
@@ -53,6 +54,7 @@ func (r *readBatcher) trigger(requestCtx []byte, index uint64) {
 func (r *readBatcher) join() *readRound {
 	r.mu.Lock()
 	round := r.next
+	round.reads++
 	r.mu.Unlock()
 	select {
 	case r.signal <- struct{}{}:
@@ -61,11 +63,16 @@ func (r *readBatcher) join() *readRound {
 	return round
 }
 
-// rotate closes the round reads have joined so far and opens the next.
+// rotate closes the round reads have joined so far and opens the next. It
+// returns nil when no read joined: a read that joined the round just
+// closed can leave a wake-up behind for an empty one.
 func (r *readBatcher) rotate() *readRound {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	round := r.next
+	if round.reads == 0 {
+		return nil
+	}
 	r.next = &readRound{done: make(chan struct{})}
 	return round
 }
@@ -115,6 +122,9 @@ func (n *Node) readLoop() {
 			return
 		}
 		round := n.reads.rotate()
+		if round == nil {
+			continue
+		}
 		round.err = n.confirmRead()
 		close(round.done)
 		if errors.Is(round.err, ErrStopped) {
