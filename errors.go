@@ -27,6 +27,7 @@ var (
 
 	// ErrNoLeader is returned by Send on a node that knows of no leader
 	// within the wait bounded by Config.LeaderWait. Nothing was proposed.
+	// LinearizableRead returns it when no leader confirmed the read in time.
 	ErrNoLeader = errors.New("embedraft: no leader")
 
 	// ErrNotLeader is returned by the peer propose route when this node is

@@ -45,10 +45,12 @@ const removedMarker = "REMOVED"
 // Goroutines (cluster mode): the raft loop (run) owns the Ready/Advance
 // cycle, ticks, the WAL, the snapshot files, MemoryStorage writes and the
 // transport's sends; the apply loop (applyLoop) is the only caller of the
-// service's Commit, ResetSnap and GetSnapshot. Both exit when stopc is
-// closed (Close, a fatal storage error, or removal). raft.Node's own methods
-// (Propose, ReadIndex, ProposeConfChange, Step) are goroutine-safe channel
-// calls into raft's goroutine and are used directly from request goroutines.
+// service's Commit, ResetSnap and GetSnapshot; the read loop (readLoop)
+// issues the ReadIndex that concurrent linearizable reads share. They exit
+// when stopc is closed (Close, a fatal storage error, or removal).
+// raft.Node's own methods (Propose, ReadIndex, ProposeConfChange, Step) are
+// goroutine-safe channel calls into raft's goroutine and are used directly
+// from request goroutines.
 type Node struct {
 	cfg Config
 	svc IService
@@ -60,8 +62,8 @@ type Node struct {
 	mode      atomic.Value // string
 
 	reg     *registry
-	waits   *waitRegistry
-	reads   *readRegistry
+	waits   *waitMap[uint64, applyResult]
+	reads   *readBatcher
 	applied *indexNotifier
 	reqSeq  atomic.Uint64
 	fwd     *transport.Forwarder
@@ -169,8 +171,8 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		svc:       svc,
 		id:        cfg.ID,
 		reg:       newRegistry(),
-		waits:     newWaitRegistry(),
-		reads:     newReadRegistry(),
+		waits:     newWaitMap[uint64, applyResult](),
+		reads:     newReadBatcher(),
 		applied:   newIndexNotifier(0),
 		leaderSig: newIndexNotifier(0),
 		stopc:     make(chan struct{}),
@@ -554,11 +556,12 @@ func (n *Node) peerClusterID() uint64 {
 
 func (n *Node) launch(confState raftpb.ConfState, snapIndex uint64) {
 	n.applied.set(snapIndex)
-	n.loops.Add(4)
+	n.loops.Add(5)
 	go n.proposeLoop()
 	go n.run()
 	go n.applyLoop(confState, snapIndex)
 	go n.promoteLoop()
+	go n.readLoop()
 }
 
 // ID returns this node's member id.
