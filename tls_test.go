@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -239,6 +240,27 @@ func TestMutualTLS(t *testing.T) {
 		}
 	})
 
+	t.Run("JoinWithCert", func(t *testing.T) {
+		// Joins through a follower (forwarded to the leader), then restarts:
+		// the identity check asks the join target's status over TLS.
+		m := c.Join(follower, pki.member())
+		testcluster.Eventually(t, 10*time.Second, func() error {
+			if r := leader.Node.Membership().Members[strconv.FormatUint(m.ID, 10)].Role; r != embedraft.RoleVoter {
+				return fmt.Errorf("member %d is %s", m.ID, r)
+			}
+			return nil
+		})
+		c.MustSet(m, "joined", "v")
+		m.Stop()
+		m.Restart()
+		c.MustSet(m, "restarted", "v")
+		c.WaitConverged(10 * time.Second)
+		if err := leader.Node.RemoveMember(t.Context(), m.ID); err != nil {
+			t.Fatalf("remove member %d: %v", m.ID, err)
+		}
+		m.Stop()
+	})
+
 	t.Run("Rotation", func(t *testing.T) {
 		m := follower
 		pki.mu.Lock()
@@ -253,6 +275,14 @@ func TestMutualTLS(t *testing.T) {
 		var writes, failed atomic.Int64
 		var wg sync.WaitGroup
 		wg.Add(1)
+		defer func() {
+			select {
+			case <-stop:
+			default:
+				close(stop) // a failed check stops the writer too
+			}
+			wg.Wait()
+		}()
 		go func() { // ends when stop is closed
 			defer wg.Done()
 			for i := 0; ; i++ {
@@ -261,7 +291,8 @@ func TestMutualTLS(t *testing.T) {
 					return
 				default:
 				}
-				target := c.Members[i%len(c.Members)]
+				running := c.Running()
+				target := running[i%len(running)]
 				code, body, err := c.Set(target, fmt.Sprintf("r%d", i), "v")
 				writes.Add(1)
 				if err != nil || code != http.StatusOK {
@@ -290,7 +321,7 @@ func TestMutualTLS(t *testing.T) {
 		// Peers' new connections to the rotated member verify its new
 		// certificate: the admin page dials every member afresh.
 		admin := pki.client(pki.ca)
-		for _, other := range c.Members {
+		for _, other := range c.Running() {
 			if code := do(t, admin, "GET", other.URL+"/raft/ui/cluster", ""); code != http.StatusOK {
 				t.Errorf("cluster view on member %d after rotation: %d", other.ID, code)
 			}
@@ -307,6 +338,43 @@ func TestMutualTLS(t *testing.T) {
 		c.MustSet(m, "after-rotation", "v")
 		c.WaitConverged(10 * time.Second)
 	})
+}
+
+func TestMutualTLSWithToken(t *testing.T) {
+	pki := newTestPKI(t)
+	const token = "s3cret"
+	c := testcluster.NewSingle(t, pki.member(), func(cfg *embedraft.Config) { cfg.Cluster, cfg.Token = true, token })
+	url := c.Members[0].URL + "/raft/ui/cluster"
+	get := func(client *http.Client, bearer string) int {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		if bearer != "" {
+			req.Header.Set("Authorization", "Bearer "+bearer)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	withCert, foreign, anon := pki.client(pki.ca), pki.client(pki.foreign), pki.client(nil)
+	for _, tc := range []struct {
+		name   string
+		client *http.Client
+		bearer string
+		want   int
+	}{
+		{"OK", withCert, token, http.StatusOK},
+		{"ErrCertWithoutToken", withCert, "", http.StatusUnauthorized},
+		{"ErrTokenWithoutCert", anon, token, http.StatusUnauthorized},
+		{"ErrTokenWithForeignCert", foreign, token, http.StatusForbidden},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := get(tc.client, tc.bearer); got != tc.want {
+				t.Fatalf("GET /raft/ui/cluster: %d, want %d", got, tc.want)
+			}
+		})
+	}
 }
 
 func TestTLSConfigValidate(t *testing.T) {
