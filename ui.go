@@ -17,8 +17,10 @@ package embedraft
 // accepts the query parameter. A token in a query string can end up in
 // browser history and in the access logs of proxies in between: where that
 // matters, put the page behind a proxy that adds the header, and open it
-// with no token in the URL. Without a token configured both routes are
-// open, like the other admin routes.
+// with no token in the URL. With Config.CAFile both routes also need a
+// client certificate signed by that CA (tls.go): the browser must hold one;
+// members' statuses are then fetched over mutual TLS. Without a token or a
+// CA configured both routes are open, like the other admin routes.
 
 import (
 	"context"
