@@ -64,20 +64,21 @@ func (n *Node) routes() http.Handler {
 		r.Post("/set", n.handleSet)
 		r.Get("/status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, n.Status(), nil) })
 		r.Get("/getPeerList", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, n.Peers(), nil) })
-		r.With(n.requireToken).Post("/transferLeader", n.handleTransferLeader)
-		r.With(n.requireToken).Post("/addNode", n.handleAddNode)
-		r.With(n.requireToken).Post("/deleteNode", n.handleDeleteNode)
-		r.With(n.requireToken).Get("/backup", n.handleBackup) // backup.go
+		r.With(n.requireAuth).Post("/transferLeader", n.handleTransferLeader)
+		r.With(n.requireAuth).Post("/addNode", n.handleAddNode)
+		r.With(n.requireAuth).Post("/deleteNode", n.handleDeleteNode)
+		r.With(n.requireAuth).Get("/backup", n.handleBackup) // backup.go
 	})
-	r.With(n.requireToken, n.requireCluster).Post(transport.ProposePath, n.handlePropose)
-	r.With(closeAfterReply, n.requireToken, n.requireCluster).Post(transport.ForwardPath, n.handleForwardStream)
-	r.With(n.requireToken).Post(transport.JoinPath, n.handleAddNode)
-	r.With(n.requireToken, n.requireCluster).Post(transport.AddressPath, n.handleAddress)
-	r.With(n.requireToken).Get(transport.MembershipPath, func(w http.ResponseWriter, _ *http.Request) {
+	r.With(n.requireAuth, n.requireCluster).Post(transport.ProposePath, n.handlePropose)
+	r.With(closeAfterReply, n.requireAuth, n.requireCluster).Post(transport.ForwardPath, n.handleForwardStream)
+	r.With(n.requireAuth).Post(transport.JoinPath, n.handleAddNode)
+	r.With(n.requireAuth, n.requireCluster).Post(transport.AddressPath, n.handleAddress)
+	r.With(n.requireAuth).Get(transport.MembershipPath, func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, n.Membership(), nil)
 	})
 	n.mountUI(r) // GET /raft/ui and /raft/ui/cluster (admin): ui.go
-	peer := http.HandlerFunc(n.servePeer)
+	// rafthttp's routes: the client certificate here, the token in servePeer.
+	peer := n.requireClientCert(http.HandlerFunc(n.servePeer))
 	r.Handle("/raft", peer)
 	r.Handle("/raft/stream/*", peer)
 	r.Handle("/raft/probing", peer)

@@ -87,7 +87,7 @@ func StatusOf(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, ErrUnauthorized):
 		return http.StatusUnauthorized
-	case errors.Is(err, ErrWrongCluster):
+	case errors.Is(err, ErrWrongCluster), errors.Is(err, ErrForbidden):
 		return http.StatusForbidden
 	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound
@@ -138,6 +138,7 @@ var errorCodes = []struct {
 	{ErrMemberDataLost, "data_lost"},
 	{ErrConflict, "conflict"},
 	{ErrUnauthorized, "unauthorized"},
+	{ErrForbidden, "forbidden"},
 	{ErrWrongCluster, "wrong_cluster"},
 	{ErrNotCluster, "not_cluster"},
 	{ErrInvalidConfig, "invalid_config"},

@@ -117,7 +117,8 @@ func (n *Node) Membership() MembershipView {
 func (n *Node) checkStaticMember(ctx context.Context) (confirmed bool, err error) {
 	cid := strconv.FormatUint(staticClusterID(n.cfg.Peers), 16)
 	timeout := time.Duration(n.cfg.ElectionTicks) * n.cfg.TickInterval
-	client := &http.Client{Timeout: timeout, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	client := &http.Client{Timeout: timeout, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true,
+		TLSClientConfig: n.clientTLS()}}
 	defer client.CloseIdleConnections()
 	type answer struct {
 		from uint64

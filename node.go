@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha1"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"log/slog"
@@ -68,6 +69,10 @@ type Node struct {
 	reqSeq  atomic.Uint64
 	fwd     *transport.Forwarder
 	handler http.Handler
+	// certs is the node's TLS identity (tls.go), nil without CertFile;
+	// uiClient fetches members' status for the cluster page over it.
+	certs    *transport.TLS
+	uiClient *http.Client
 
 	// standalone mode: writes hold gate for reading; commitMu keeps the
 	// service's Commit single-threaded as in cluster mode.
@@ -186,6 +191,14 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 	n.reqSeq.Store(randomUint64() >> 1)
 	n.mode.Store(ModeStandalone)
 	n.setLogger()
+	var err error
+	if n.certs, err = loadTLS(cfg); err != nil {
+		return nil, err
+	}
+	n.uiClient = statusClient
+	if n.certs != nil {
+		n.uiClient = n.peerHTTPClient(uiMemberTimeout)
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("%w: create data dir: %v", ErrStorage, err)
 	}
@@ -212,7 +225,7 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := checkIdentity(ctx, cfg, idGiven, rec.meta); err != nil {
+		if err := checkIdentity(ctx, cfg, idGiven, rec.meta, n.clientTLS()); err != nil {
 			disk.close()
 			return nil, err
 		}
@@ -248,12 +261,11 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		n.voteGate.Store(!confirmed)
 	}
 	n.setLogger()
-	n.fwd = transport.NewForwarder(n.id, cfg.Token, cfg.ForwardTimeout)
+	n.fwd = transport.NewForwarder(n.id, cfg.Token, cfg.ForwardTimeout, n.clientTLS())
 	n.initMetrics()
 	n.handler = n.routes()
 	svc.SetRaft(n)
 
-	var err error
 	switch {
 	case n.Mode() == ModeRemoved:
 		if disk != nil {
@@ -310,7 +322,7 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 // checkIdentity refuses to restart from a data directory that contradicts
 // the configuration: another node id, another static member list, or a
 // -join target that is in another cluster.
-func checkIdentity(ctx context.Context, cfg Config, idGiven bool, meta walMetadata) error {
+func checkIdentity(ctx context.Context, cfg Config, idGiven bool, meta walMetadata, tlsConfig *tls.Config) error {
 	if idGiven && meta.NodeID != cfg.ID {
 		return fmt.Errorf("%w: data dir %s belongs to node %d, not %d", ErrInvalidConfig, cfg.DataDir, meta.NodeID, cfg.ID)
 	}
@@ -321,7 +333,7 @@ func checkIdentity(ctx context.Context, cfg Config, idGiven bool, meta walMetada
 	if cfg.Join != "" {
 		// Best effort: a target that cannot be reached must not stop a
 		// member from restarting.
-		if st, err := fetchStatus(ctx, cfg.Join, cfg.Token); err == nil && st.Mode == ModeCluster &&
+		if st, err := fetchStatus(ctx, cfg.Join, cfg.Token, tlsConfig); err == nil && st.Mode == ModeCluster &&
 			st.ClusterID != strconv.FormatUint(meta.ClusterID, 16) {
 			return fmt.Errorf("%w: data dir %s belongs to cluster %x, but %s is in cluster %s",
 				ErrInvalidConfig, cfg.DataDir, meta.ClusterID, cfg.Join, st.ClusterID)
@@ -465,10 +477,14 @@ func (n *Node) startLoops(disk *diskStorage, storage *raft.MemoryStorage, peers 
 	n.applyc = make(chan applyBatch, 16)
 	n.propc = make(chan proposal, proposalQueue)
 	n.snapReqc = make(chan snapshotRequest, 1)
-	tr, err := transport.NewPeerTransport(transport.PeerConfig{
+	pc := transport.PeerConfig{
 		ID: n.id, ClusterID: n.peerClusterID(), URL: n.cfg.AdvertiseURL,
 		Raft: peerRaft{n}, Snapshotter: disk.snapshotter, Logger: n.zl,
-	})
+	}
+	if n.certs != nil {
+		pc.TLSInfo = n.certs.EtcdTLSInfo()
+	}
+	tr, err := transport.NewPeerTransport(pc)
 	if err != nil {
 		return fmt.Errorf("start peer transport: %w", err)
 	}

@@ -6,6 +6,7 @@ package transport
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -61,7 +62,9 @@ type Forwarder struct {
 }
 
 // NewForwarder returns a forwarder whose requests each take at most timeout.
-func NewForwarder(from uint64, token string, timeout time.Duration) *Forwarder {
+// tlsConfig (nil: Go's defaults) is used for https peers: TLS.ClientConfig
+// presents the node's certificate.
+func NewForwarder(from uint64, token string, timeout time.Duration, tlsConfig *tls.Config) *Forwarder {
 	tr := &http.Transport{
 		Proxy:                 nil,
 		DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -70,6 +73,8 @@ func NewForwarder(from uint64, token string, timeout time.Duration) *Forwarder {
 		IdleConnTimeout:       90 * time.Second,
 		ResponseHeaderTimeout: timeout,
 		ForceAttemptHTTP2:     false,
+		TLSClientConfig:       tlsConfig,
+		TLSHandshakeTimeout:   5 * time.Second,
 	}
 	str := &http.Transport{
 		Proxy:                 nil,
@@ -77,6 +82,8 @@ func NewForwarder(from uint64, token string, timeout time.Duration) *Forwarder {
 		ResponseHeaderTimeout: 5 * time.Second,
 		DisableCompression:    true,
 		ForceAttemptHTTP2:     false,
+		TLSClientConfig:       tlsConfig,
+		TLSHandshakeTimeout:   5 * time.Second,
 	}
 	return &Forwarder{
 		client:       &http.Client{Transport: tr, Timeout: timeout},
