@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -163,5 +164,47 @@ func TestForwardWrap(t *testing.T) {
 	}
 	if _, _, err := unwrapForward([]byte("\x00ERK\x03a b")); !errors.Is(err, ErrBadRequest) {
 		t.Fatalf("bad forwarded key: %v", err)
+	}
+}
+
+// countingService refuses writes of "bad" and counts CommitResult calls.
+type countingService struct {
+	nopService
+	commits int
+}
+
+func (s *countingService) CommitResult(data []byte) (interface{}, error) {
+	s.commits++
+	if string(data) == "bad" {
+		return nil, errors.New("refused")
+	}
+	return map[string]int{"n": s.commits}, nil
+}
+
+type nopService struct{}
+
+func (nopService) Commit([]byte) error                                  { return nil }
+func (nopService) PreProcessData(b []byte) (interface{}, []byte, error) { return nil, b, nil }
+func (nopService) GetInit() ([]byte, error)                             { return nil, nil }
+func (nopService) ResetSnap([]byte) error                               { return nil }
+func (nopService) GetSnapshot() ([]byte, error)                         { return nil, nil }
+func (nopService) SetRaft(IRaftSender)                                  {}
+
+func TestApplyWriteRecordsRefusal(t *testing.T) {
+	svc := &countingService{}
+	n := &Node{svc: svc, idem: newIdemTable(time.Minute, 10), log: slog.New(slog.DiscardHandler)}
+	first := n.applyWrite(5, 1000, batchedWrite{key: "k", data: []byte("bad")})
+	again := n.applyWrite(6, 1001, batchedWrite{key: "k", data: []byte("ok")})
+	if first.err == nil || again.err == nil || first.err.Error() != again.err.Error() || svc.commits != 1 {
+		t.Fatalf("first %+v, again %+v, %d commits", first, again, svc.commits)
+	}
+	ok1 := n.applyWrite(7, 1002, batchedWrite{key: "j", data: []byte("ok")})
+	ok2 := n.applyWrite(8, 1003, batchedWrite{key: "j", data: []byte("ok")})
+	if ok1.err != nil || string(ok1.raw) != `{"n":2}` || string(ok2.raw) != `{"n":2}` || svc.commits != 2 {
+		t.Fatalf("first %+v, again %+v, %d commits", ok1, ok2, svc.commits)
+	}
+	// Without a key, the service's result itself.
+	if r := n.applyWrite(9, 0, batchedWrite{data: []byte("ok")}); !r.hasResult || r.hasRaw || svc.commits != 3 {
+		t.Fatalf("unkeyed %+v", r)
 	}
 }

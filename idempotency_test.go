@@ -143,10 +143,11 @@ func TestIdempotencyKeyRetry(t *testing.T) {
 	if a := setWithKey(t, c, lead, "retry-1", addBody("other", 5)); a != first {
 		t.Fatalf("retry with another body: %+v, first was %+v", a, first)
 	}
-	// A refused first write is recorded too: its retries get the refusal.
+	// A body PreProcessData refuses is not proposed, so not recorded
+	// (TestApplyWriteRecordsRefusal covers a refusal by CommitResult).
 	c.MustSet(lead, "word", "abc")
 	bad := setWithKey(t, c, fols[1], "retry-2", addBody("word", 1))
-	if bad.Status != 400 {
+	if bad.Status != 400 || bad.Code != "bad_request" {
 		t.Fatalf("add to a non-integer: %+v", bad)
 	}
 	if v := converged(c, "ctr"); v != "1" {

@@ -62,8 +62,9 @@ type IRaftSender interface {
 	// A ctx made by WithIdempotencyKey gives the write an Idempotency-Key:
 	// retried with the same key after ErrUnknownOutcome (on any member), it
 	// is applied at most once and every retry returns the first outcome;
-	// the object is then the recorded answer as a json.RawMessage, except
-	// for the call whose write was the one applied, on the leader.
+	// the object is then the recorded answer (the JSON of PreProcessData's
+	// object or of ResultCommitter's result) as a json.RawMessage, the same
+	// bytes for the first call and every retry.
 	Send(ctx context.Context, body []byte) (interface{}, error)
 }
 
