@@ -369,3 +369,41 @@ func TestIdempotencyKeyStandalone(t *testing.T) {
 		t.Fatalf("counter %q, want 2", v)
 	}
 }
+
+// TestIdempotencyKeyRetryAfterUnknownOutcome gives up on writes almost at
+// once (most end ErrUnknownOutcome while they may still commit), retries
+// each with its key until it is answered, and checks every increment was
+// applied exactly once.
+func TestIdempotencyKeyRetryAfterUnknownOutcome(t *testing.T) {
+	c := testcluster.NewStatic(t, 3)
+	ms := c.Running()
+	const writes = 30
+	unknown := 0
+	seen := map[string]bool{}
+	for i := range writes {
+		key := fmt.Sprintf("u-%d", i)
+		m := ms[i%len(ms)]
+		short, cancel := context.WithTimeout(embedraft.WithIdempotencyKey(context.Background(), key), 300*time.Microsecond)
+		_, err := m.Node.Send(short, []byte(addBody("ctr", 1)))
+		cancel()
+		if errors.Is(err, embedraft.ErrUnknownOutcome) {
+			unknown++
+		}
+		ctx, cancel := context.WithTimeout(embedraft.WithIdempotencyKey(context.Background(), key), 10*time.Second)
+		obj, err := ms[(i+1)%len(ms)].Node.Send(ctx, []byte(addBody("ctr", 1)))
+		cancel()
+		if err != nil {
+			t.Fatalf("retry of %s: %v", key, err)
+		}
+		b, _ := json.Marshal(obj)
+		if seen[string(b)] {
+			t.Fatalf("two keys answered %s", b)
+		}
+		seen[string(b)] = true
+	}
+	t.Logf("%d of %d first attempts ended with an unknown outcome", unknown, writes)
+	if v := converged(c, "ctr"); v != fmt.Sprint(writes) {
+		t.Fatalf("counter %q after %d keyed writes and their retries, want %d", v, writes, writes)
+	}
+	sameTables(t, c)
+}
