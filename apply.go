@@ -107,38 +107,28 @@ func (a *applier) applyNormal(e *raftpb.Entry) error {
 		return fmt.Errorf("%w: entry %d: %v", ErrStorage, e.Index, err)
 	}
 	switch env.Kind {
-	case kindPropose:
-		cerr := n.svc.Commit(env.Payload)
-		if cerr != nil {
-			n.log.Debug("service rejected entry", "index", e.Index, "err", cerr)
+	case kindPropose, kindBatch:
+		writes, err := env.writes()
+		if err != nil {
+			return fmt.Errorf("%w: entry %d: %v", ErrStorage, e.Index, err)
 		}
-		if env.Origin == n.id {
-			n.waits.trigger(env.ReqID, applyResult{index: e.Index, err: cerr})
+		for _, w := range writes {
+			r := n.applyWrite(e.Index, env.Time, w) // idempotency.go
+			if env.Origin == n.id {
+				n.waits.trigger(w.reqID, r)
+			}
 		}
 	case kindInit:
 		if err := n.svc.ResetSnap(env.Payload); err != nil {
 			return fmt.Errorf("service reset from init entry %d: %w", e.Index, err)
 		}
+		n.idem.reset() // keys of standalone writes are this node's alone
 		if env.Origin == n.id {
 			n.waits.trigger(env.ReqID, applyResult{index: e.Index})
 		}
 	case kindNoop:
 		if env.Origin == n.id {
 			n.waits.trigger(env.ReqID, applyResult{index: e.Index})
-		}
-	case kindBatch:
-		writes, err := unmarshalBatch(env.Payload)
-		if err != nil {
-			return fmt.Errorf("%w: entry %d: %v", ErrStorage, e.Index, err)
-		}
-		for _, w := range writes {
-			cerr := n.svc.Commit(w.data)
-			if cerr != nil {
-				n.log.Debug("service rejected entry", "index", e.Index, "err", cerr)
-			}
-			if env.Origin == n.id {
-				n.waits.trigger(w.reqID, applyResult{index: e.Index, err: cerr})
-			}
 		}
 	case kindStarted:
 		ids, err := unmarshalIDs(env.Payload)
@@ -198,6 +188,9 @@ func (n *Node) restoreSnapshot(s raftpb.Snapshot) error {
 		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, s.Metadata.Index, err)
 	}
 	if err := n.reg.restore(members); err != nil {
+		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, s.Metadata.Index, err)
+	}
+	if err := n.restoreIdempotency(members); err != nil {
 		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, s.Metadata.Index, err)
 	}
 	if err := n.svc.ResetSnap(data); err != nil {

@@ -29,14 +29,14 @@ func BenchmarkEntryCodec(b *testing.B) {
 	b.Run("batch-of-64/marshal", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			_ = marshalBatch(batch)
+			_ = marshalBatch(batch, false)
 		}
 	})
 	b.Run("batch-of-64/unmarshal", func(b *testing.B) {
-		data := marshalBatch(batch)
+		data := marshalBatch(batch, false)
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := unmarshalBatch(data); err != nil {
+			if _, err := unmarshalBatch(data, false); err != nil {
 				b.Fatal(err)
 			}
 		}

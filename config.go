@@ -171,6 +171,19 @@ type Config struct {
 	// series the node registers, so that several nodes of one process can
 	// share a Registerer.
 	MetricsNodeLabel bool
+
+	// IdempotencyWindow is how long an Idempotency-Key is remembered
+	// (idempotency.go): a key is forgotten once an entry stamped this much
+	// later than the key's first write is applied. Time is the leader's
+	// clock stamped into the entries, never the applier's, so every member
+	// forgets a key at the same log index. Every member must use the same
+	// value. Default DefaultIdempotencyWindow (10 minutes).
+	IdempotencyWindow time.Duration
+
+	// IdempotencyKeys bounds the keys remembered; past it the oldest are
+	// forgotten first. Every member must use the same value. Default
+	// DefaultIdempotencyKeys (100,000).
+	IdempotencyKeys int
 }
 
 // withDefaults returns a copy with every zero field set to its default.
@@ -189,6 +202,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HeartbeatTicks == 0 {
 		c.HeartbeatTicks = DefaultHeartbeatTicks
+	}
+	if c.IdempotencyWindow == 0 {
+		c.IdempotencyWindow = DefaultIdempotencyWindow
+	}
+	if c.IdempotencyKeys == 0 {
+		c.IdempotencyKeys = DefaultIdempotencyKeys
 	}
 	if c.MaxRequestBytes == 0 {
 		c.MaxRequestBytes = DefaultMaxRequestBytes
@@ -298,6 +317,9 @@ func (c Config) Validate() error {
 	}
 	if c.LeaderWait < 0 || c.ForwardTimeout < 0 {
 		bad("LeaderWait and ForwardTimeout must be positive")
+	}
+	if c.IdempotencyWindow < 0 || c.IdempotencyKeys < 0 {
+		bad("IdempotencyWindow and IdempotencyKeys must be positive")
 	}
 	return errors.Join(errs...)
 }

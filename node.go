@@ -79,6 +79,9 @@ type Node struct {
 	gate     sync.RWMutex
 	commitMu sync.Mutex
 
+	// idem is the replicated Idempotency-Key table (idempotency.go).
+	idem *idemTable
+
 	// cluster mode, set once by startRaft before the loops start.
 	rn        raft.Node
 	storage   *raft.MemoryStorage
@@ -177,6 +180,7 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		id:        cfg.ID,
 		reg:       newRegistry(),
 		waits:     newWaitMap[uint64, applyResult](),
+		idem:      newIdemTable(cfg.IdempotencyWindow, cfg.IdempotencyKeys),
 		reads:     newReadBatcher(),
 		applied:   newIndexNotifier(0),
 		leaderSig: newIndexNotifier(0),

@@ -36,7 +36,7 @@ func (a *applier) maybeSnapshot() {
 	req := snapshotRequest{
 		index:     a.appliedIndex,
 		confState: a.confState,
-		data:      marshalSnapshot(n.reg.marshal(), data),
+		data:      marshalSnapshot(n.snapshotMembers(), data),
 		start:     start,
 	}
 	select {

@@ -2,6 +2,7 @@ package embedraft
 
 import (
 	"context"
+	"encoding/json"
 	"sync"
 )
 
@@ -9,6 +10,12 @@ import (
 type applyResult struct {
 	index uint64
 	err   error // the service's Commit error
+	// result is ResultCommitter's result (hasResult); raw is the answer
+	// recorded for a write with an Idempotency-Key (hasRaw), which wins.
+	result    interface{}
+	hasResult bool
+	raw       json.RawMessage
+	hasRaw    bool
 }
 
 // waitMap wakes a goroutine waiting for the answer to its request, keyed by
