@@ -127,8 +127,8 @@ type Node struct {
 	stopc     chan struct{} // closed to stop every goroutine
 	stopCtx   context.Context
 	stopCause context.CancelFunc // cancels stopCtx; called with stopc's close
-	closed    atomic.Bool   // Close was called: every route and method refuses
-	inflight  atomic.Int64  // writes under way here (Close lets them finish)
+	closed    atomic.Bool        // Close was called: every route and method refuses
+	inflight  atomic.Int64       // writes under way here (Close lets them finish)
 	stopOnce  sync.Once
 	loops     sync.WaitGroup
 	done      chan struct{} // closed when everything is released
