@@ -117,14 +117,7 @@ func (f *Forwarder) Post(ctx context.Context, url string, clusterID uint64, body
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNotSent, err)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	if clusterID != 0 {
-		req.Header.Set(HeaderClusterID, strconv.FormatUint(clusterID, 16))
-	}
-	req.Header.Set(HeaderFrom, strconv.FormatUint(f.from, 10))
-	if f.token != "" {
-		req.Header.Set("Authorization", "Bearer "+f.token)
-	}
+	f.identify(req, clusterID, "application/json")
 	resp, err := f.client.Do(req)
 	if err != nil {
 		var op *net.OpError
@@ -152,4 +145,17 @@ func (f *Forwarder) Close() {
 	f.closeStreams()
 	f.client.CloseIdleConnections()
 	f.streamClient.CloseIdleConnections()
+}
+
+// identify sets the headers every node-to-node request carries: this
+// node's id, its cluster id (when it has one) and the cluster token.
+func (f *Forwarder) identify(req *http.Request, clusterID uint64, contentType string) {
+	req.Header.Set("Content-Type", contentType)
+	if clusterID != 0 {
+		req.Header.Set(HeaderClusterID, strconv.FormatUint(clusterID, 16))
+	}
+	req.Header.Set(HeaderFrom, strconv.FormatUint(f.from, 10))
+	if f.token != "" {
+		req.Header.Set("Authorization", "Bearer "+f.token)
+	}
 }
