@@ -141,6 +141,14 @@ func (n *Node) Start(args ...string) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.cmd != nil {
+		select {
+		case <-n.done:
+			// It died unasked: say how, rather than only that the slot
+			// is taken.
+			return fmt.Errorf("node %d exited by itself (%v); its stderr ends with:\n%s",
+				n.Index, n.cmd.ProcessState, n.stderr)
+		default:
+		}
 		return fmt.Errorf("node %d already running", n.Index)
 	}
 	if args != nil {
@@ -186,7 +194,8 @@ func (n *Node) signal(sig syscall.Signal) (chan struct{}, error) {
 	}
 	select {
 	case <-n.done:
-		return nil, fmt.Errorf("node %d exited by itself (see %s)", n.Index, n.LogPath)
+		return nil, fmt.Errorf("node %d exited by itself (%v, see %s); its stderr ends with:\n%s",
+			n.Index, n.cmd.ProcessState, n.LogPath, n.stderr)
 	default:
 	}
 	return n.done, n.cmd.Process.Signal(sig)
