@@ -64,20 +64,21 @@ func (n *Node) routes() http.Handler {
 		r.Post("/set", n.handleSet)
 		r.Get("/status", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, n.Status(), nil) })
 		r.Get("/getPeerList", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, n.Peers(), nil) })
-		r.With(n.requireToken).Post("/transferLeader", n.handleTransferLeader)
-		r.With(n.requireToken).Post("/addNode", n.handleAddNode)
-		r.With(n.requireToken).Post("/deleteNode", n.handleDeleteNode)
-		r.With(n.requireToken).Get("/backup", n.handleBackup) // backup.go
+		r.With(n.requireAuth).Post("/transferLeader", n.handleTransferLeader)
+		r.With(n.requireAuth).Post("/addNode", n.handleAddNode)
+		r.With(n.requireAuth).Post("/deleteNode", n.handleDeleteNode)
+		r.With(n.requireAuth).Get("/backup", n.handleBackup) // backup.go
 	})
-	r.With(n.requireToken, n.requireCluster).Post(transport.ProposePath, n.handlePropose)
-	r.With(closeAfterReply, n.requireToken, n.requireCluster).Post(transport.ForwardPath, n.handleForwardStream)
-	r.With(n.requireToken).Post(transport.JoinPath, n.handleAddNode)
-	r.With(n.requireToken, n.requireCluster).Post(transport.AddressPath, n.handleAddress)
-	r.With(n.requireToken).Get(transport.MembershipPath, func(w http.ResponseWriter, _ *http.Request) {
+	r.With(n.requireAuth, n.requireCluster).Post(transport.ProposePath, n.handlePropose)
+	r.With(closeAfterReply, n.requireAuth, n.requireCluster).Post(transport.ForwardPath, n.handleForwardStream)
+	r.With(n.requireAuth).Post(transport.JoinPath, n.handleAddNode)
+	r.With(n.requireAuth, n.requireCluster).Post(transport.AddressPath, n.handleAddress)
+	r.With(n.requireAuth).Get(transport.MembershipPath, func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, n.Membership(), nil)
 	})
 	n.mountUI(r) // GET /raft/ui and /raft/ui/cluster (admin): ui.go
-	peer := http.HandlerFunc(n.servePeer)
+	// rafthttp's routes: the client certificate here, the token in servePeer.
+	peer := n.requireClientCert(http.HandlerFunc(n.servePeer))
 	r.Handle("/raft", peer)
 	r.Handle("/raft/stream/*", peer)
 	r.Handle("/raft/probing", peer)
@@ -124,9 +125,16 @@ func (n *Node) handleSet(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, nil, err)
 		return
 	}
+	key := r.Header.Get(HeaderIdempotencyKey)
+	if key != "" {
+		if err := CheckIdempotencyKey(key); err != nil {
+			writeJSON(w, nil, err)
+			return
+		}
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), n.writeTimeout())
 	defer cancel()
-	res, err := n.write(ctx, body)
+	res, err := n.write(ctx, key, body)
 	if res.forwarded != nil && (err == nil || res.forwarded.Status/100 != 2) {
 		// The leader's answer, status and body unchanged.
 		w.Header().Set("Content-Type", "application/json")
@@ -147,6 +155,10 @@ func (n *Node) handleSet(w http.ResponseWriter, r *http.Request) {
 // body. Only the leader accepts it; it never forwards again.
 func (n *Node) handlePropose(w http.ResponseWriter, r *http.Request) {
 	body, err := n.readBody(w, r)
+	var key string
+	if err == nil {
+		key, body, err = unwrapForward(body) // idempotency.go
+	}
 	if err == nil {
 		err = n.checkBody(body)
 	}
@@ -156,7 +168,7 @@ func (n *Node) handlePropose(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), n.cfg.ForwardTimeout)
 	defer cancel()
-	res, err := n.proposeLocal(ctx, body)
+	res, err := n.proposeLocal(ctx, key, body)
 	if err == nil {
 		w.Header().Set(transport.HeaderIndex, strconv.FormatUint(res.index, 10))
 	}
@@ -181,14 +193,18 @@ func (n *Node) handleForwardStream(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, nil, ErrNotLeader)
 		return
 	}
-	transport.ServeForward(w, r, n.stopc, n.cfg.MaxRequestBytes,
+	// A keyed write comes with its key in front of the body (wrapForward).
+	transport.ServeForward(w, r, n.stopc, n.cfg.MaxRequestBytes+maxForwardPrefix,
 		func(ctx context.Context, body []byte) transport.StreamAnswer {
 			ctx, cancel := context.WithTimeout(ctx, n.cfg.ForwardTimeout)
 			defer cancel()
 			var res writeResult
-			err := n.checkBody(body)
+			key, body, err := unwrapForward(body)
 			if err == nil {
-				res, err = n.proposeLocal(ctx, body)
+				err = n.checkBody(body)
+			}
+			if err == nil {
+				res, err = n.proposeLocal(ctx, key, body)
 			}
 			status, b := envelopeOf(res.object, err)
 			return transport.StreamAnswer{Status: status, Index: res.index, Body: b}

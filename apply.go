@@ -114,38 +114,28 @@ func (a *applier) applyNormal(e *raftpb.Entry) error {
 		return fmt.Errorf("%w: entry %d: %v", ErrStorage, e.Index, err)
 	}
 	switch env.Kind {
-	case kindPropose:
-		cerr := n.commitService(Position{Index: e.Index}, env.Payload)
-		if cerr != nil {
-			n.log.Debug("service rejected entry", "index", e.Index, "err", cerr)
+	case kindPropose, kindBatch:
+		writes, err := env.writes()
+		if err != nil {
+			return fmt.Errorf("%w: entry %d: %v", ErrStorage, e.Index, err)
 		}
-		if env.Origin == n.id {
-			n.waits.trigger(env.ReqID, applyResult{index: e.Index, err: cerr})
+		for i, w := range writes {
+			r := n.applyWriteAt(Position{Index: e.Index, Offset: i}, env.Time, w) // idempotency.go
+			if env.Origin == n.id {
+				n.waits.trigger(w.reqID, r)
+			}
 		}
 	case kindInit:
 		if err := n.svc.ResetSnap(env.Payload); err != nil {
 			return fmt.Errorf("service reset from init entry %d: %w", e.Index, err)
 		}
+		n.idem.reset() // keys of standalone writes are this node's alone
 		if env.Origin == n.id {
 			n.waits.trigger(env.ReqID, applyResult{index: e.Index})
 		}
 	case kindNoop:
 		if env.Origin == n.id {
 			n.waits.trigger(env.ReqID, applyResult{index: e.Index})
-		}
-	case kindBatch:
-		writes, err := unmarshalBatch(env.Payload)
-		if err != nil {
-			return fmt.Errorf("%w: entry %d: %v", ErrStorage, e.Index, err)
-		}
-		for i, w := range writes {
-			cerr := n.commitService(Position{Index: e.Index, Offset: i}, w.data)
-			if cerr != nil {
-				n.log.Debug("service rejected entry", "index", e.Index, "err", cerr)
-			}
-			if env.Origin == n.id {
-				n.waits.trigger(w.reqID, applyResult{index: e.Index, err: cerr})
-			}
 		}
 	case kindStarted:
 		ids, err := unmarshalIDs(env.Payload)

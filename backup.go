@@ -113,7 +113,7 @@ func (a *applier) captureState() captureResult {
 	}
 	return captureResult{capture: stateCapture{
 		mode: ModeCluster, clusterID: n.clusterID.Load(), index: a.appliedIndex, term: term,
-		members: n.reg.marshal(), service: data,
+		members: n.snapshotMembers(), service: data,
 	}}
 }
 

@@ -12,12 +12,22 @@ import (
 // Every raft entry the library writes is an envelope, so that the apply
 // goroutine knows what an entry is for and whom to wake:
 //
-//	byte 0     envelope version (entryVersion)
+//	byte 0     envelope version (entryVersion or entryVersionKeyed)
 //	byte 1     kind
 //	uvarint    request id (0 for entries nobody waits on)
 //	uvarint    origin node id
+//	uvarint    version 2 only: the leader's clock, unix milliseconds
 //	rest       payload (the service's data for kindPropose and kindInit)
-const entryVersion = 1
+//
+// Version 2 (entryVersionKeyed) is written for a kindPropose or kindBatch
+// entry that holds at least one write with an Idempotency-Key; its payload
+// carries each write's key and answer object next to its data (batch.go,
+// idempotency.go). Every other entry is still written as version 1, so a
+// log without keyed writes reads as before.
+const (
+	entryVersion      = 1
+	entryVersionKeyed = 2
+)
 
 type entryKind byte
 
@@ -37,19 +47,28 @@ const (
 const maxKind = kindBatch
 
 type entryEnvelope struct {
+	Version byte // 0 means entryVersion
 	Kind    entryKind
 	ReqID   uint64
 	Origin  uint64
+	Time    int64 // version 2: the leader's unix milliseconds
 	Payload []byte
 }
 
 var errBadEnvelope = errors.New("bad entry envelope")
 
 func (e entryEnvelope) marshal() []byte {
-	buf := make([]byte, 0, 2+2*binary.MaxVarintLen64+len(e.Payload))
-	buf = append(buf, entryVersion, byte(e.Kind))
+	v := e.Version
+	if v == 0 {
+		v = entryVersion
+	}
+	buf := make([]byte, 0, 2+3*binary.MaxVarintLen64+len(e.Payload))
+	buf = append(buf, v, byte(e.Kind))
 	buf = binary.AppendUvarint(buf, e.ReqID)
 	buf = binary.AppendUvarint(buf, e.Origin)
+	if v == entryVersionKeyed {
+		buf = binary.AppendUvarint(buf, uint64(max(e.Time, 0)))
+	}
 	return append(buf, e.Payload...)
 }
 
@@ -58,10 +77,14 @@ func unmarshalEntry(b []byte) (entryEnvelope, error) {
 	if len(b) < 2 {
 		return e, fmt.Errorf("%w: %d bytes", errBadEnvelope, len(b))
 	}
-	if b[0] != entryVersion {
+	if b[0] != entryVersion && b[0] != entryVersionKeyed {
 		return e, fmt.Errorf("%w: version %d", errBadEnvelope, b[0])
 	}
+	e.Version = b[0]
 	e.Kind = entryKind(b[1])
+	if e.Version == entryVersionKeyed && e.Kind != kindPropose && e.Kind != kindBatch {
+		return e, fmt.Errorf("%w: kind %d in version %d", errBadEnvelope, b[1], b[0])
+	}
 	if e.Kind < kindPropose || e.Kind > maxKind {
 		return e, fmt.Errorf("%w: kind %d", errBadEnvelope, b[1])
 	}
@@ -74,7 +97,15 @@ func unmarshalEntry(b []byte) (entryEnvelope, error) {
 	if e.Origin, n = binary.Uvarint(rest); n <= 0 {
 		return e, fmt.Errorf("%w: origin", errBadEnvelope)
 	}
-	e.Payload = rest[n:]
+	rest = rest[n:]
+	if e.Version == entryVersionKeyed {
+		t, n := binary.Uvarint(rest)
+		if n <= 0 || t > 1<<62 {
+			return e, fmt.Errorf("%w: time", errBadEnvelope)
+		}
+		e.Time, rest = int64(t), rest[n:]
+	}
+	e.Payload = rest
 	return e, nil
 }
 
@@ -166,8 +197,8 @@ func checkEntry(e raftpb.Entry) error {
 		if err == nil && env.Kind == kindStarted {
 			_, err = unmarshalIDs(env.Payload)
 		}
-		if err == nil && env.Kind == kindBatch {
-			_, err = unmarshalBatch(env.Payload)
+		if err == nil && (env.Kind == kindBatch || env.Kind == kindPropose) {
+			_, err = env.writes()
 		}
 		return err
 	case raftpb.EntryConfChange:

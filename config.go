@@ -98,6 +98,21 @@ type Config struct {
 	// network.
 	Token string
 
+	// CertFile and KeyFile are the node's PEM certificate (chain) and
+	// private key (demo -cert, -key). With them the node serves https (the
+	// application puts ServerTLSConfig on its server; AdvertiseURL must be
+	// https) and dials peers over https, presenting this certificate. Both
+	// are re-read when they change, so a rotation needs no restart.
+	CertFile string
+	KeyFile  string
+
+	// CAFile is a PEM CA bundle (demo -ca). With it, every peer route and
+	// every admin route requires a client certificate that chains to it
+	// (HTTP 401 without one, 403 with one that does not), and peers' server
+	// certificates are verified with it instead of the system roots. Client
+	// routes stay open. Re-read when it changes. Requires CertFile.
+	CAFile string
+
 	// SnapshotCount is the number of applied entries between automatic
 	// snapshots. Default DefaultSnapshotCount (10000).
 	SnapshotCount uint64
@@ -163,6 +178,19 @@ type Config struct {
 	// series the node registers, so that several nodes of one process can
 	// share a Registerer.
 	MetricsNodeLabel bool
+
+	// IdempotencyWindow is how long an Idempotency-Key is remembered
+	// (idempotency.go): a key is forgotten once an entry stamped this much
+	// later than the key's first write is applied. Time is the leader's
+	// clock stamped into the entries, never the applier's, so every member
+	// forgets a key at the same log index. Every member must use the same
+	// value. Default DefaultIdempotencyWindow (10 minutes).
+	IdempotencyWindow time.Duration
+
+	// IdempotencyKeys bounds the keys remembered; past it the oldest are
+	// forgotten first. Every member must use the same value. Default
+	// DefaultIdempotencyKeys (100,000).
+	IdempotencyKeys int
 }
 
 // withDefaults returns a copy with every zero field set to its default.
@@ -184,6 +212,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.HeartbeatTicks == 0 {
 		c.HeartbeatTicks = DefaultHeartbeatTicks
+	}
+	if c.IdempotencyWindow == 0 {
+		c.IdempotencyWindow = DefaultIdempotencyWindow
+	}
+	if c.IdempotencyKeys == 0 {
+		c.IdempotencyKeys = DefaultIdempotencyKeys
 	}
 	if c.MaxRequestBytes == 0 {
 		c.MaxRequestBytes = DefaultMaxRequestBytes
@@ -282,8 +316,20 @@ func (c Config) Validate() error {
 	if c.MaxSnapshotBytes < 0 || (c.MaxSnapshotBytes > 0 && c.MaxSnapshotBytes < 2*c.MaxRequestBytes) {
 		bad("MaxSnapshotBytes (%d) must be at least twice MaxRequestBytes (%d)", c.MaxSnapshotBytes, c.MaxRequestBytes)
 	}
+	if (c.CertFile == "") != (c.KeyFile == "") {
+		bad("CertFile and KeyFile go together")
+	}
+	if c.CAFile != "" && c.CertFile == "" {
+		bad("CAFile needs CertFile and KeyFile: client certificates are checked on https only")
+	}
+	if c.CertFile != "" && !strings.HasPrefix(c.AdvertiseURL, "https://") {
+		bad("AdvertiseURL %q must be https with CertFile", c.AdvertiseURL)
+	}
 	if c.LeaderWait < 0 || c.ForwardTimeout < 0 {
 		bad("LeaderWait and ForwardTimeout must be positive")
+	}
+	if c.IdempotencyWindow < 0 || c.IdempotencyKeys < 0 {
+		bad("IdempotencyWindow and IdempotencyKeys must be positive")
 	}
 	return errors.Join(errs...)
 }

@@ -60,4 +60,14 @@
 // DataDir/snap together with the membership, and the in-memory log is
 // compacted, keeping CatchUpEntries for slow followers. A follower further
 // behind receives the snapshot through rafthttp and loads it with ResetSnap.
+//
+// # Security
+//
+// Config.Token protects the peer and admin routes with a shared secret.
+// Config.CertFile and KeyFile make the node an https node: the application
+// serves Handler with ServerTLSConfig on its own http.Server, and the node
+// dials its peers over https presenting that certificate. With
+// Config.CAFile the peer and admin routes also require a client certificate
+// signed by that CA (401 without one, 403 with another CA's); client routes
+// stay open. The files are re-read when they change.
 package embedraft

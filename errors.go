@@ -27,6 +27,7 @@ var (
 
 	// ErrNoLeader is returned by Send on a node that knows of no leader
 	// within the wait bounded by Config.LeaderWait. Nothing was proposed.
+	// LinearizableRead returns it when no leader confirmed the read in time.
 	ErrNoLeader = errors.New("embedraft: no leader")
 
 	// ErrNotLeader is returned by the peer propose route when this node is
@@ -86,7 +87,7 @@ func StatusOf(err error) int {
 		return http.StatusBadRequest
 	case errors.Is(err, ErrUnauthorized):
 		return http.StatusUnauthorized
-	case errors.Is(err, ErrWrongCluster):
+	case errors.Is(err, ErrWrongCluster), errors.Is(err, ErrForbidden):
 		return http.StatusForbidden
 	case errors.Is(err, ErrNotFound):
 		return http.StatusNotFound
@@ -137,6 +138,7 @@ var errorCodes = []struct {
 	{ErrMemberDataLost, "data_lost"},
 	{ErrConflict, "conflict"},
 	{ErrUnauthorized, "unauthorized"},
+	{ErrForbidden, "forbidden"},
 	{ErrWrongCluster, "wrong_cluster"},
 	{ErrNotCluster, "not_cluster"},
 	{ErrInvalidConfig, "invalid_config"},

@@ -25,6 +25,10 @@ func FuzzUnmarshalEntry(f *testing.F) {
 		{Kind: kindPropose, ReqID: 1<<63 + 5, Origin: 3, Payload: []byte(`{"key":"a"}`)},
 		{Kind: kindInit, Origin: 1},
 		{Kind: kindNoop, ReqID: 7, Origin: 1 << 40},
+		{Version: entryVersionKeyed, Kind: kindPropose, ReqID: 9, Origin: 2, Time: 1_700_000_000_000,
+			Payload: []byte("\x02k1\x02{}{\"key\":\"a\"}")},
+		{Version: entryVersionKeyed, Kind: kindBatch, Origin: 2, Time: 1,
+			Payload: marshalBatch([]proposal{{reqID: 1, key: "k", obj: []byte("1"), data: []byte("d")}, {reqID: 2}}, true)},
 	} {
 		f.Add(e.marshal())
 	}
@@ -40,8 +44,11 @@ func FuzzUnmarshalEntry(f *testing.F) {
 			}
 			return
 		}
-		if e.Kind < kindPropose || e.Kind > kindNoop {
+		if e.Kind < kindPropose || e.Kind > maxKind {
 			t.Fatalf("unmarshalEntry(%x) accepted kind %d", b, e.Kind)
+		}
+		if e.Kind == kindPropose || e.Kind == kindBatch {
+			_, _ = e.writes() // never panics
 		}
 		if len(e.Payload) > len(b)-4 || !bytes.HasSuffix(b, e.Payload) {
 			t.Fatalf("unmarshalEntry(%x): payload %x is not the tail of the input", b, e.Payload)
@@ -50,7 +57,7 @@ func FuzzUnmarshalEntry(f *testing.F) {
 		// canonically).
 		again, err := unmarshalEntry(e.marshal())
 		if err != nil || again.Kind != e.Kind || again.ReqID != e.ReqID || again.Origin != e.Origin ||
-			!bytes.Equal(again.Payload, e.Payload) {
+			again.Version != e.Version || again.Time != e.Time || !bytes.Equal(again.Payload, e.Payload) {
 			t.Fatalf("round trip of %+v: %+v, %v", e, again, err)
 		}
 	})

@@ -117,7 +117,8 @@ func (n *Node) Membership() MembershipView {
 func (n *Node) checkStaticMember(ctx context.Context) (confirmed bool, err error) {
 	cid := strconv.FormatUint(staticClusterID(n.cfg.Peers), 16)
 	timeout := time.Duration(n.cfg.ElectionTicks) * n.cfg.TickInterval
-	client := &http.Client{Timeout: timeout, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	client := &http.Client{Timeout: timeout, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true,
+		TLSClientConfig: n.clientTLS()}}
 	defer client.CloseIdleConnections()
 	type answer struct {
 		from uint64
@@ -230,7 +231,7 @@ func (n *Node) proposeStarted() {
 		return // the previous proposal may still be on its way
 	}
 	p.last, p.lastAt = ids, time.Now()
-	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ForwardTimeout)
+	ctx, cancel := context.WithTimeout(n.stopCtx, n.cfg.ForwardTimeout)
 	defer cancel()
 	env := entryEnvelope{Kind: kindStarted, Origin: n.id, Payload: marshalIDs(ids)}
 	if err := n.rn.Propose(ctx, env.marshal()); err != nil && !errors.Is(err, raft.ErrProposalDropped) {

@@ -14,9 +14,10 @@ import (
 
 // indexedStore records the log positions CommitIndexed is given and skips
 // writes at or before the last one it holds, as a service that persists
-// its state with its position would.
+// its state with its position would. It wraps the demo's store without
+// its ResultCommitter (which would take precedence).
 type indexedStore struct {
-	*kvstore.Store
+	kv      *kvstore.Store
 	mu      sync.Mutex
 	held    embedraft.Position
 	seen    []embedraft.Position
@@ -32,7 +33,16 @@ func (s *indexedStore) CommitIndexed(at embedraft.Position, data []byte) error {
 		return nil
 	}
 	s.held = at
-	return s.Store.Commit(data)
+	return s.kv.Commit(data)
+}
+
+func (s *indexedStore) Commit(data []byte) error        { return s.kv.Commit(data) }
+func (s *indexedStore) GetInit() ([]byte, error)        { return s.kv.GetInit() }
+func (s *indexedStore) GetSnapshot() ([]byte, error)    { return s.kv.GetSnapshot() }
+func (s *indexedStore) ResetSnap(data []byte) error     { return s.kv.ResetSnap(data) }
+func (s *indexedStore) SetRaft(r embedraft.IRaftSender) { s.kv.SetRaft(r) }
+func (s *indexedStore) PreProcessData(body []byte) (interface{}, []byte, error) {
+	return s.kv.PreProcessData(body)
 }
 
 func startIndexed(t *testing.T, dir string, svc *indexedStore) (*embedraft.Node, func()) {
@@ -62,7 +72,7 @@ func startIndexed(t *testing.T, dir string, svc *indexedStore) (*embedraft.Node,
 // and a service holding its writes may skip them when the log is replayed.
 func TestIndexedCommitter(t *testing.T) {
 	dir := t.TempDir()
-	svc := &indexedStore{Store: kvstore.New()}
+	svc := &indexedStore{kv: kvstore.New()}
 	node, stop := startIndexed(t, dir, svc)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -90,7 +100,7 @@ func TestIndexedCommitter(t *testing.T) {
 	defer stop()
 	svc.mu.Lock()
 	defer svc.mu.Unlock()
-	if svc.skipped != 3 || svc.Len() != 3 {
-		t.Fatalf("replay: skipped %d of %v, %d keys", svc.skipped, svc.seen, svc.Len())
+	if svc.skipped != 3 || svc.kv.Len() != 3 {
+		t.Fatalf("replay: skipped %d of %v, %d keys", svc.skipped, svc.seen, svc.kv.Len())
 	}
 }

@@ -2,6 +2,7 @@ package embedraft
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -484,7 +485,7 @@ func (n *Node) promoteCaughtUpLearner() {
 		if !pr.IsLearner || !pr.RecentActive || pr.State != tracker.StateReplicate || pr.Match*10 < self.Match*9 {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.ForwardTimeout)
+		ctx, cancel := context.WithTimeout(n.stopCtx, n.cfg.ForwardTimeout)
 		err := n.changeMembership(ctx, func() (raftpb.ConfChange, string, error) {
 			m, ok := n.reg.member(id)
 			if !ok || m.Role != RoleLearner {
@@ -548,7 +549,7 @@ func (n *Node) switchToCluster() error {
 // commitInit elects this single-voter cluster's leader and commits the init
 // entry carrying the standalone state, waiting until it is applied.
 func (n *Node) commitInit(data []byte) error {
-	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.JoinTimeout)
+	ctx, cancel := context.WithTimeout(n.stopCtx, n.cfg.JoinTimeout)
 	defer cancel()
 	if err := n.campaignAlone(ctx); err != nil {
 		return err
@@ -578,7 +579,7 @@ func (n *Node) commitInit(data []byte) error {
 // change (no leader yet, another change in flight, unreachable).
 func (n *Node) requestJoin(ctx context.Context) (*JoinResponse, error) {
 	body, _ := json.Marshal(JoinRequest{Addr: n.cfg.AdvertiseURL, ID: n.cfg.ID})
-	fwd := transport.NewForwarder(0, n.cfg.Token, n.cfg.ForwardTimeout)
+	fwd := transport.NewForwarder(0, n.cfg.Token, n.cfg.ForwardTimeout, n.clientTLS())
 	defer fwd.Close()
 	backoff := 100 * time.Millisecond
 	for {
@@ -634,7 +635,7 @@ func (n *Node) startJoined(jr *JoinResponse) error {
 }
 
 // fetchStatus reads another node's status route.
-func fetchStatus(ctx context.Context, base, token string) (Status, error) {
+func fetchStatus(ctx context.Context, base, token string, tlsConfig *tls.Config) (Status, error) {
 	var st Status
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
@@ -645,7 +646,12 @@ func fetchStatus(ctx context.Context, base, token string) (Status, error) {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	client := http.DefaultClient
+	if tlsConfig != nil {
+		tr := &http.Transport{Proxy: nil, DisableKeepAlives: true, TLSClientConfig: tlsConfig}
+		client = &http.Client{Transport: tr}
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return st, err
 	}

@@ -40,7 +40,7 @@ func (n *Node) announceAddress() {
 		if m, ok := n.reg.member(n.id); !ok || m.Addr == req.Addr || n.Mode() != ModeCluster {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), n.writeTimeout())
+		ctx, cancel := context.WithTimeout(n.stopCtx, n.writeTimeout())
 		err := n.leaderCall(ctx, transport.AddressPath, body, nil, func() error { return n.updateAddressLocal(ctx, req) })
 		cancel()
 		if err == nil {

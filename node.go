@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha1"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"log/slog"
@@ -45,10 +46,12 @@ const removedMarker = "REMOVED"
 // Goroutines (cluster mode): the raft loop (run) owns the Ready/Advance
 // cycle, ticks, the WAL, the snapshot files, MemoryStorage writes and the
 // transport's sends; the apply loop (applyLoop) is the only caller of the
-// service's Commit, ResetSnap and GetSnapshot. Both exit when stopc is
-// closed (Close, a fatal storage error, or removal). raft.Node's own methods
-// (Propose, ReadIndex, ProposeConfChange, Step) are goroutine-safe channel
-// calls into raft's goroutine and are used directly from request goroutines.
+// service's Commit, ResetSnap and GetSnapshot; the read loop (readLoop)
+// issues the ReadIndex that concurrent linearizable reads share. They exit
+// when stopc is closed (Close, a fatal storage error, or removal).
+// raft.Node's own methods (Propose, ReadIndex, ProposeConfChange, Step) are
+// goroutine-safe channel calls into raft's goroutine and are used directly
+// from request goroutines.
 type Node struct {
 	cfg Config
 	svc IService
@@ -60,17 +63,24 @@ type Node struct {
 	mode      atomic.Value // string
 
 	reg     *registry
-	waits   *waitRegistry
-	reads   *readRegistry
+	waits   *waitMap[uint64, applyResult]
+	reads   *readBatcher
 	applied *indexNotifier
 	reqSeq  atomic.Uint64
 	fwd     *transport.Forwarder
 	handler http.Handler
+	// certs is the node's TLS identity (tls.go), nil without CertFile;
+	// uiClient fetches members' status for the cluster page over it.
+	certs    *transport.TLS
+	uiClient *http.Client
 
 	// standalone mode: writes hold gate for reading; commitMu keeps the
 	// service's Commit single-threaded as in cluster mode.
 	gate     sync.RWMutex
 	commitMu sync.Mutex
+
+	// idem is the replicated Idempotency-Key table (idempotency.go).
+	idem *idemTable
 
 	// cluster mode, set once by startRaft before the loops start.
 	rn        raft.Node
@@ -115,7 +125,10 @@ type Node struct {
 	heard heardTracker
 
 	stopc     chan struct{} // closed to stop every goroutine
-	closed    atomic.Bool   // Close was called: every route and method refuses
+	stopCtx   context.Context
+	stopCause context.CancelFunc // cancels stopCtx; called with stopc's close
+	closed    atomic.Bool        // Close was called: every route and method refuses
+	inflight  atomic.Int64       // writes under way here (Close lets them finish)
 	stopOnce  sync.Once
 	loops     sync.WaitGroup
 	done      chan struct{} // closed when everything is released
@@ -166,20 +179,30 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		svc:       svc,
 		id:        cfg.ID,
 		reg:       newRegistry(),
-		waits:     newWaitRegistry(),
-		reads:     newReadRegistry(),
+		waits:     newWaitMap[uint64, applyResult](),
+		idem:      newIdemTable(cfg.IdempotencyWindow, cfg.IdempotencyKeys),
+		reads:     newReadBatcher(),
 		applied:   newIndexNotifier(0),
 		leaderSig: newIndexNotifier(0),
 		stopc:     make(chan struct{}),
 		done:      make(chan struct{}),
 		backupc:   make(chan backupRequest),
 	}
+	n.stopCtx, n.stopCause = context.WithCancel(context.Background())
 	// Request ids start at a random point, not the clock: ids of entries
 	// proposed before a restart are still in the log, and a clock stepped
 	// back would repeat them (waking the wrong waiter).
 	n.reqSeq.Store(randomUint64() >> 1)
 	n.mode.Store(ModeStandalone)
 	n.setLogger()
+	var err error
+	if n.certs, err = loadTLS(cfg); err != nil {
+		return nil, err
+	}
+	n.uiClient = statusClient
+	if n.certs != nil {
+		n.uiClient = n.peerHTTPClient(uiMemberTimeout)
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("%w: create data dir: %v", ErrStorage, err)
 	}
@@ -206,7 +229,7 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := checkIdentity(ctx, cfg, idGiven, rec.meta); err != nil {
+		if err := checkIdentity(ctx, cfg, idGiven, rec.meta, n.clientTLS()); err != nil {
 			disk.close()
 			return nil, err
 		}
@@ -242,12 +265,11 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		n.voteGate.Store(!confirmed)
 	}
 	n.setLogger()
-	n.fwd = transport.NewForwarder(n.id, cfg.Token, cfg.ForwardTimeout)
+	n.fwd = transport.NewForwarder(n.id, cfg.Token, cfg.ForwardTimeout, n.clientTLS())
 	n.initMetrics()
 	n.handler = n.routes()
 	svc.SetRaft(n)
 
-	var err error
 	switch {
 	case n.Mode() == ModeRemoved:
 		if disk != nil {
@@ -304,7 +326,7 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 // checkIdentity refuses to restart from a data directory that contradicts
 // the configuration: another node id, another static member list, or a
 // -join target that is in another cluster.
-func checkIdentity(ctx context.Context, cfg Config, idGiven bool, meta walMetadata) error {
+func checkIdentity(ctx context.Context, cfg Config, idGiven bool, meta walMetadata, tlsConfig *tls.Config) error {
 	if idGiven && meta.NodeID != cfg.ID {
 		return fmt.Errorf("%w: data dir %s belongs to node %d, not %d", ErrInvalidConfig, cfg.DataDir, meta.NodeID, cfg.ID)
 	}
@@ -315,7 +337,7 @@ func checkIdentity(ctx context.Context, cfg Config, idGiven bool, meta walMetada
 	if cfg.Join != "" {
 		// Best effort: a target that cannot be reached must not stop a
 		// member from restarting.
-		if st, err := fetchStatus(ctx, cfg.Join, cfg.Token); err == nil && st.Mode == ModeCluster &&
+		if st, err := fetchStatus(ctx, cfg.Join, cfg.Token, tlsConfig); err == nil && st.Mode == ModeCluster &&
 			st.ClusterID != strconv.FormatUint(meta.ClusterID, 16) {
 			return fmt.Errorf("%w: data dir %s belongs to cluster %x, but %s is in cluster %s",
 				ErrInvalidConfig, cfg.DataDir, meta.ClusterID, cfg.Join, st.ClusterID)
@@ -459,10 +481,14 @@ func (n *Node) startLoops(disk *diskStorage, storage *raft.MemoryStorage, peers 
 	n.applyc = make(chan applyBatch, 16)
 	n.propc = make(chan proposal, proposalQueue)
 	n.snapReqc = make(chan snapshotRequest, 1)
-	tr, err := transport.NewPeerTransport(transport.PeerConfig{
+	pc := transport.PeerConfig{
 		ID: n.id, ClusterID: n.peerClusterID(), URL: n.cfg.AdvertiseURL,
 		Raft: peerRaft{n}, Snapshotter: disk.snapshotter, Logger: n.zl,
-	})
+	}
+	if n.certs != nil {
+		pc.TLSInfo = n.certs.EtcdTLSInfo()
+	}
+	tr, err := transport.NewPeerTransport(pc)
 	if err != nil {
 		return fmt.Errorf("start peer transport: %w", err)
 	}
@@ -550,11 +576,12 @@ func (n *Node) peerClusterID() uint64 {
 
 func (n *Node) launch(confState raftpb.ConfState, snapIndex uint64) {
 	n.applied.set(snapIndex)
-	n.loops.Add(4)
+	n.loops.Add(5)
 	go n.proposeLoop()
 	go n.run()
 	go n.applyLoop(confState, snapIndex)
 	go n.promoteLoop()
+	go n.readLoop()
 }
 
 // ID returns this node's member id.
@@ -606,6 +633,7 @@ func (n *Node) stop(err error) {
 	}
 	n.stopOnce.Do(func() {
 		close(n.stopc)
+		n.stopCause()
 		// Free raft, the transport and the WAL as soon as the loops exit,
 		// not only on Close: a removed or failed node must stop talking to
 		// its peers at once.
@@ -652,6 +680,7 @@ func (n *Node) release() {
 func (n *Node) Close(ctx context.Context) error {
 	n.closed.Store(true)
 	n.handOff(ctx)
+	n.drain(ctx)
 	n.stop(nil)
 	n.unregisterMetrics()
 	select {
@@ -659,6 +688,36 @@ func (n *Node) Close(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("close: %w", ctx.Err())
+	}
+}
+
+// drain waits, at most an election timeout, until the writes under way here
+// are answered and every entry in this node's log is applied: after a
+// hand-off the new leader commits what the old one proposed, and its
+// writers get their success instead of an unknown outcome.
+func (n *Node) drain(ctx context.Context) {
+	if n.Mode() != ModeCluster {
+		return
+	}
+	deadline := time.NewTimer(time.Duration(n.cfg.ElectionTicks) * n.cfg.TickInterval)
+	defer deadline.Stop()
+	tick := time.NewTicker(n.cfg.TickInterval / 4)
+	defer tick.Stop()
+	for {
+		last, err := n.storage.LastIndex()
+		if n.inflight.Load() == 0 && (err != nil || n.applied.get() >= last) {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			n.log.Warn("closing with writes still under way", "writes", n.inflight.Load(), "applied", n.applied.get(), "last", last)
+			return
+		case <-ctx.Done():
+			return
+		case <-n.stopc:
+			return
+		}
 	}
 }
 

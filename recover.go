@@ -38,7 +38,7 @@ func (n *Node) forceNewCluster(disk *diskStorage, rec recovered) (_ recovered, f
 	}
 	reg := newRegistry()
 	if len(rec.snapshot.Data) > 0 {
-		members, err := snapshotMembers(n.cfg.DataDir, rec.snapshot.Data)
+		members, err := membersOfSnapshot(n.cfg.DataDir, rec.snapshot.Data)
 		if err == nil {
 			err = reg.restore(members)
 		}

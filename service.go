@@ -61,6 +61,13 @@ type IRaftSender interface {
 	// encoding of it, as a json.RawMessage. It must not be called from
 	// Commit, ResetSnap, GetSnapshot or GetInit: they hold the apply path
 	// that Send waits for.
+	//
+	// A ctx made by WithIdempotencyKey gives the write an Idempotency-Key:
+	// retried with the same key after ErrUnknownOutcome (on any member), it
+	// is applied at most once and every retry returns the first outcome;
+	// the object is then the recorded answer (the JSON of PreProcessData's
+	// object or of ResultCommitter's result) as a json.RawMessage, the same
+	// bytes for the first call and every retry.
 	Send(ctx context.Context, body []byte) (interface{}, error)
 }
 
@@ -124,7 +131,31 @@ func (p Position) After(q Position) bool {
 // write it holds may return nil without applying a write at or before it
 // (after a restart, the log is replayed from the last snapshot). Its
 // semantics are otherwise Commit's; standalone writes, having no log,
-// still go through Commit.
+// still go through Commit (or CommitResult). A service that implements
+// ResultCommitter too gets CommitResult, without the position (to be
+// joined in a later change).
 type IndexedCommitter interface {
 	CommitIndexed(at Position, data []byte) error
+}
+
+// ResultCommitter is an optional extension of IService for a service whose
+// writes compute their answer from the state (a counter, a compare-and-set).
+// The library detects it with a type assertion; when the service implements
+// it, CommitResult is called instead of Commit, and the client gets result
+// (JSON-encoded as the answer's "data"; Send returns it as is on the node
+// that proposed the write) instead of PreProcessData's object.
+//
+// CommitResult is called exactly where Commit would be: on every node, in
+// log order, from the apply goroutine (in standalone mode from the write's
+// goroutine, serialized by the library), never at the same time as
+// ResetSnap, GetSnapshot or GetInit. It must be deterministic, and so must
+// result: every member computes it, and with an Idempotency-Key the JSON of
+// result is recorded in the replicated key table as the answer any retry
+// gets. An error is returned to the client (ErrCommit, HTTP 400) and must
+// leave the state unchanged, as Commit's.
+//
+// Commit is still required by IService (and may simply call CommitResult
+// and drop the result); the library does not call it on a ResultCommitter.
+type ResultCommitter interface {
+	CommitResult(data []byte) (result interface{}, err error)
 }

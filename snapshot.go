@@ -85,7 +85,7 @@ func (a *applier) maybeSnapshot() {
 	job := snapshotJob{
 		index:     a.appliedIndex,
 		confState: a.confState,
-		members:   n.reg.marshal(),
+		members:   n.snapshotMembers(), // membership and idempotency table
 		view:      view,
 		start:     start,
 	}

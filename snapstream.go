@@ -266,9 +266,9 @@ func readEnvelopeHead(r *bufio.Reader) (members []byte, err error) {
 	return members, nil
 }
 
-// snapshotMembers returns the membership a snapshot's Data holds, reading
+// membersOfSnapshot returns the membership a snapshot's Data holds, reading
 // only the head of its state file when it is a reference.
-func snapshotMembers(dataDir string, data []byte) ([]byte, error) {
+func membersOfSnapshot(dataDir string, data []byte) ([]byte, error) {
 	ref, isRef, err := parseSnapRef(data)
 	if err != nil {
 		return nil, err
@@ -297,6 +297,9 @@ func (n *Node) restoreFromReader(index uint64, r io.Reader) error {
 	if err := n.reg.restore(members); err != nil {
 		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, index, err)
 	}
+	if err := n.restoreIdempotency(members); err != nil {
+		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, index, err)
+	}
 	if ss, ok := n.svc.(StreamSnapshotter); ok {
 		if err := ss.RestoreSnapshot(br); err != nil {
 			return fmt.Errorf("service restore from snapshot %d: %w", index, err)
@@ -316,15 +319,6 @@ func (n *Node) restoreFromReader(index uint64, r io.Reader) error {
 		return fmt.Errorf("service reset from snapshot %d: %w", index, err)
 	}
 	return nil
-}
-
-// commitService applies one write of an entry, by CommitIndexed when the
-// service has it.
-func (n *Node) commitService(at Position, data []byte) error {
-	if ic, ok := n.svc.(IndexedCommitter); ok {
-		return ic.CommitIndexed(at, data)
-	}
-	return n.svc.Commit(data)
 }
 
 // removeStaleStateTemps deletes temporary state files a crash left behind.

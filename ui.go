@@ -17,8 +17,10 @@ package embedraft
 // accepts the query parameter. A token in a query string can end up in
 // browser history and in the access logs of proxies in between: where that
 // matters, put the page behind a proxy that adds the header, and open it
-// with no token in the URL. Without a token configured both routes are
-// open, like the other admin routes.
+// with no token in the URL. With Config.CAFile both routes also need a
+// client certificate signed by that CA (tls.go): the browser must hold one;
+// members' statuses are then fetched over mutual TLS. Without a token or a
+// CA configured both routes are open, like the other admin routes.
 
 import (
 	"context"
@@ -54,7 +56,8 @@ const maxStatusBytes = 64 << 10
 //go:embed ui/index.html
 var uiPage []byte
 
-// statusClient fetches members' status for the cluster view. Keep-alives
+// statusClient fetches members' status for the cluster view (without TLS
+// settings; a node with a certificate uses one of its own). Keep-alives
 // are off: a view costs one short connection per member, and no connection
 // (nor its goroutines) outlives the request that opened it, so there is
 // nothing for Close to release. It is shared by every node of the process.
@@ -165,7 +168,7 @@ func (n *Node) memberStatus(ctx context.Context, addr string) (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	resp, err := statusClient.Do(req)
+	resp, err := n.uiClient.Do(req)
 	if err != nil {
 		return Status{}, err
 	}
@@ -189,7 +192,7 @@ func (n *Node) memberStatus(ctx context.Context, addr string) (Status, error) {
 
 // mountUI adds the cluster page's routes to r.
 func (n *Node) mountUI(r chi.Router) {
-	r.With(n.requireTokenOrQuery).Get(UIPath, func(w http.ResponseWriter, _ *http.Request) {
+	r.With(n.requireClientCert, n.requireTokenOrQuery).Get(UIPath, func(w http.ResponseWriter, _ *http.Request) {
 		h := w.Header()
 		h.Set("Content-Type", "text/html; charset=utf-8")
 		h.Set("Content-Length", strconv.Itoa(len(uiPage)))
@@ -203,7 +206,7 @@ func (n *Node) mountUI(r chi.Router) {
 		h.Set("X-Content-Type-Options", "nosniff")
 		_, _ = w.Write(uiPage)
 	})
-	r.With(n.requireToken).Get(UIClusterPath, func(w http.ResponseWriter, r *http.Request) {
+	r.With(n.requireAuth).Get(UIClusterPath, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
 		writeJSON(w, n.ClusterView(r.Context()), nil)
 	})

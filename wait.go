@@ -2,6 +2,7 @@ package embedraft
 
 import (
 	"context"
+	"encoding/json"
 	"sync"
 )
 
@@ -9,44 +10,55 @@ import (
 type applyResult struct {
 	index uint64
 	err   error // the service's Commit error
+	// result is ResultCommitter's result (hasResult); raw is the answer
+	// recorded for a write with an Idempotency-Key (hasRaw), which wins.
+	result    interface{}
+	hasResult bool
+	raw       json.RawMessage
+	hasRaw    bool
 }
 
-// waitRegistry wakes the goroutine that proposed an entry when the apply
-// goroutine applies it, keyed by request id (as etcd's pkg/wait).
-type waitRegistry struct {
+// waitMap wakes a goroutine waiting for the answer to its request, keyed by
+// request id (as etcd's pkg/wait): the apply goroutine answers proposals by
+// request id, the raft loop answers ReadIndex requests by request context.
+// Each key is answered at most once.
+type waitMap[K comparable, V any] struct {
 	mu sync.Mutex
-	m  map[uint64]chan applyResult
+	m  map[K]chan V
 }
 
-func newWaitRegistry() *waitRegistry {
-	return &waitRegistry{m: map[uint64]chan applyResult{}}
+func newWaitMap[K comparable, V any]() *waitMap[K, V] {
+	return &waitMap[K, V]{m: map[K]chan V{}}
 }
 
-// register must be called before the entry is proposed.
-func (w *waitRegistry) register(id uint64) <-chan applyResult {
-	ch := make(chan applyResult, 1)
+// register must be called before the request is made. Registering a key
+// again replaces its waiter.
+func (w *waitMap[K, V]) register(key K) <-chan V {
+	ch := make(chan V, 1)
 	w.mu.Lock()
-	w.m[id] = ch
+	w.m[key] = ch
 	w.mu.Unlock()
 	return ch
 }
 
-// cancel forgets a waiter whose caller gave up.
-func (w *waitRegistry) cancel(id uint64) {
+// cancel forgets a waiter whose caller gave up or was answered.
+func (w *waitMap[K, V]) cancel(key K) {
 	w.mu.Lock()
-	delete(w.m, id)
+	delete(w.m, key)
 	w.mu.Unlock()
 }
 
-// trigger delivers r to the waiter of id, if any. It never blocks.
-func (w *waitRegistry) trigger(id uint64, r applyResult) {
+// trigger delivers v to the waiter of key, if any, and forgets it. It never
+// blocks: each waiter's channel holds its one answer.
+func (w *waitMap[K, V]) trigger(key K, v V) bool {
 	w.mu.Lock()
-	ch, ok := w.m[id]
-	delete(w.m, id)
+	ch, ok := w.m[key]
+	delete(w.m, key)
 	w.mu.Unlock()
 	if ok {
-		ch <- r
+		ch <- v
 	}
+	return ok
 }
 
 // indexNotifier publishes a monotonically growing index (the applied index)

@@ -22,9 +22,17 @@ type writeResult struct {
 }
 
 // Send proposes body as a client write and returns PreProcessData's object
-// once the entry is committed and applied on this node. See IRaftSender.
+// (or ResultCommitter's result) once the entry is committed and applied on
+// this node. A ctx from WithIdempotencyKey gives the write an
+// Idempotency-Key. See IRaftSender.
 func (n *Node) Send(ctx context.Context, body []byte) (interface{}, error) {
-	res, err := n.write(ctx, body)
+	key := idempotencyKeyFrom(ctx)
+	if key != "" {
+		if err := CheckIdempotencyKey(key); err != nil {
+			return nil, err
+		}
+	}
+	res, err := n.write(ctx, key, body)
 	if err != nil {
 		return nil, err
 	}
@@ -50,8 +58,9 @@ func (n *Node) checkBody(body []byte) error {
 	return nil
 }
 
-// write runs a client write in whatever mode the node is in.
-func (n *Node) write(ctx context.Context, body []byte) (_ writeResult, err error) {
+// write runs a client write in whatever mode the node is in. key is its
+// Idempotency-Key, already checked ("" for none).
+func (n *Node) write(ctx context.Context, key string, body []byte) (_ writeResult, err error) {
 	defer n.metrics.observeWrite(time.Now(), &err)
 	if err := n.checkBody(body); err != nil {
 		return writeResult{}, err
@@ -59,7 +68,7 @@ func (n *Node) write(ctx context.Context, body []byte) (_ writeResult, err error
 	if err := n.stopped(); err != nil {
 		return writeResult{}, err
 	}
-	if res, done, err := n.writeStandalone(body); done {
+	if res, done, err := n.writeStandalone(key, body); done {
 		return res, err
 	}
 	switch n.Mode() {
@@ -69,9 +78,16 @@ func (n *Node) write(ctx context.Context, body []byte) (_ writeResult, err error
 	default:
 		return writeResult{}, ErrStopped
 	}
+	n.inflight.Add(1)
+	defer n.inflight.Add(-1)
 	var pre *preprocessed // this node's PreProcessData result, reused across retries
 	var retryUntil time.Time
 	for {
+		// A closing node starts no new attempt (nothing proposed yet: the
+		// client may retry elsewhere); Close waits for the ones under way.
+		if n.closed.Load() {
+			return writeResult{}, fmt.Errorf("%w: node closing", ErrStopped)
+		}
 		select {
 		case <-n.stopc:
 			return writeResult{}, ErrStopped
@@ -84,8 +100,11 @@ func (n *Node) write(ctx context.Context, body []byte) (_ writeResult, err error
 		var res writeResult
 		retry := false
 		if lead == n.id {
+			if res, ok, err := n.shortcut(key); ok {
+				return res, err
+			}
 			if pre == nil {
-				if pre, err = n.preprocess(body); err != nil {
+				if pre, err = n.preprocess(key, body); err != nil {
 					return writeResult{}, err
 				}
 			}
@@ -94,7 +113,7 @@ func (n *Node) write(ctx context.Context, body []byte) (_ writeResult, err error
 			// (a leader transfer is in progress).
 			retry = errors.Is(err, ErrNotLeader)
 		} else {
-			res, retry, err = n.forward(ctx, lead, body)
+			res, retry, err = n.forward(ctx, lead, key, body)
 		}
 		if !retry {
 			return res, err
@@ -136,19 +155,29 @@ func (n *Node) pauseForLeader(ctx context.Context, lead uint64) error {
 type preprocessed struct {
 	object interface{}
 	data   []byte
+	key    string // Idempotency-Key
+	// objJSON is object's JSON, recorded with key as the answer to every
+	// retry (not needed by a ResultCommitter, whose result is recorded).
+	objJSON []byte
 }
 
-func (n *Node) preprocess(body []byte) (*preprocessed, error) {
+func (n *Node) preprocess(key string, body []byte) (*preprocessed, error) {
 	obj, data, err := n.svc.PreProcessData(body)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadRequest, err)
 	}
-	return &preprocessed{object: obj, data: data}, nil
+	pre := &preprocessed{object: obj, data: data, key: key}
+	if _, rc := n.svc.(ResultCommitter); key != "" && !rc {
+		if pre.objJSON, err = json.Marshal(obj); err != nil {
+			return nil, fmt.Errorf("encode the answer of PreProcessData: %w", err)
+		}
+	}
+	return pre, nil
 }
 
 // writeStandalone applies a write directly when the node is standalone. done
 // is false when the node is not (or no longer) standalone.
-func (n *Node) writeStandalone(body []byte) (res writeResult, done bool, err error) {
+func (n *Node) writeStandalone(key string, body []byte) (res writeResult, done bool, err error) {
 	n.gate.RLock()
 	defer n.gate.RUnlock()
 	if n.Mode() != ModeStandalone {
@@ -157,28 +186,42 @@ func (n *Node) writeStandalone(body []byte) (res writeResult, done bool, err err
 	if err := n.stopped(); err != nil {
 		return res, true, err
 	}
-	obj, data, err := n.svc.PreProcessData(body)
+	if res, ok, err := n.shortcut(key); ok {
+		return res, true, err
+	}
+	pre, err := n.preprocess(key, body)
 	if err != nil {
-		return res, true, fmt.Errorf("%w: %v", ErrBadRequest, err)
+		return res, true, err
 	}
 	n.commitMu.Lock()
 	defer n.commitMu.Unlock()
 	if err := n.markStandaloneWrite(); err != nil {
 		return res, true, err
 	}
-	if err := n.svc.Commit(data); err != nil {
-		return res, true, fmt.Errorf("%w: %v", ErrCommit, err)
+	// Keys of standalone writes are remembered in memory, by this node's
+	// clock, until a restart or the switch to a cluster.
+	r := n.applyWrite(0, time.Now().UnixMilli(), batchedWrite{key: key, obj: pre.objJSON, data: pre.data})
+	if r.err != nil {
+		return res, true, fmt.Errorf("%w: %v", ErrCommit, r.err)
 	}
-	return writeResult{object: obj}, true, nil
+	return r.answer(pre.object), true, nil
 }
 
 // proposeLocal runs a forwarded write on the leader: PreProcessData, then
 // propose. It never retries: a refusal goes back to the forwarding node.
-func (n *Node) proposeLocal(ctx context.Context, body []byte) (writeResult, error) {
+func (n *Node) proposeLocal(ctx context.Context, key string, body []byte) (writeResult, error) {
+	if n.closed.Load() {
+		return writeResult{}, fmt.Errorf("%w: leader closing", ErrStopped)
+	}
 	if raft.StateType(n.raftState.Load()) != raft.StateLeader {
 		return writeResult{}, ErrNotLeader
 	}
-	pre, err := n.preprocess(body)
+	if res, ok, err := n.shortcut(key); ok {
+		return res, err
+	}
+	n.inflight.Add(1)
+	defer n.inflight.Add(-1)
+	pre, err := n.preprocess(key, body)
 	if err != nil {
 		return writeResult{}, err
 	}
@@ -194,7 +237,7 @@ func (n *Node) propose(ctx context.Context, pre *preprocessed) (writeResult, err
 	obj := pre.object
 	reqID := n.reqSeq.Add(1)
 	wait := n.waits.register(reqID)
-	p := proposal{reqID: reqID, data: pre.data, done: make(chan error, 1)}
+	p := proposal{reqID: reqID, data: pre.data, key: pre.key, obj: pre.objJSON, done: make(chan error, 1)}
 	select {
 	case n.propc <- p:
 	default:
@@ -226,7 +269,7 @@ func (n *Node) propose(ctx context.Context, pre *preprocessed) (writeResult, err
 		if r.err != nil {
 			return writeResult{index: r.index}, fmt.Errorf("%w: %v", ErrCommit, r.err)
 		}
-		return writeResult{object: obj, index: r.index}, nil
+		return r.answer(obj), nil
 	case <-ctx.Done():
 		n.waits.cancel(reqID)
 		return writeResult{}, fmt.Errorf("%w: %w", ErrUnknownOutcome, ctx.Err())
@@ -240,13 +283,14 @@ func (n *Node) propose(ctx context.Context, pre *preprocessed) (writeResult, err
 // this node has applied the leader's index so the client can read its write
 // here. retry is true when the leader certainly did not propose it (it was
 // unreachable or no longer leader), so the caller may try the next leader.
-func (n *Node) forward(ctx context.Context, lead uint64, body []byte) (res writeResult, retry bool, err error) {
+func (n *Node) forward(ctx context.Context, lead uint64, key string, body []byte) (res writeResult, retry bool, err error) {
 	m, ok := n.reg.member(lead)
 	if !ok || m.Addr == "" {
 		return res, true, nil
 	}
 	n.metrics.forwardedWrite()
-	resp, err := n.fwd.Forward(ctx, n.dialURL(m.Addr), n.clusterID.Load(), body)
+	// The stream carries bodies only: the key rides in front of it.
+	resp, err := n.fwd.Forward(ctx, n.dialURL(m.Addr), n.clusterID.Load(), wrapForward(key, body))
 	if err != nil {
 		if errors.Is(err, transport.ErrBusy) {
 			return res, false, fmt.Errorf("%w: the queue to leader %d is full", ErrBusy, lead)

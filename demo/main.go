@@ -39,7 +39,7 @@ func main() {
 func run(args []string) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	addr := fs.String("addr", "127.0.0.1:8080", "host:port to listen on")
-	advertise := fs.String("advertise", "", "URL other nodes use to reach this node (default http://<addr>)")
+	advertise := fs.String("advertise", "", "URL other nodes use to reach this node (default http://<addr>, https://<addr> with -cert)")
 	dataDir := fs.String("data", "", "data directory (default ./data/<port>)")
 	id := fs.Uint64("id", 0, "node id (with -peers, or after addNode returned one)")
 	peers := fs.String("peers", "", `static bootstrap "1=http://127.0.0.1:8081,2=http://127.0.0.1:8082,3=..."`)
@@ -50,6 +50,10 @@ func run(args []string) error {
 	snapCount := fs.Uint64("snapshot-count", embedraft.DefaultSnapshotCount, "applied entries between snapshots")
 	forceNew := fs.Bool("force-new-cluster", false, "restart from this data directory as a one-member cluster "+
 		"after losing quorum (keeps every write, its id and the cluster id; drops the other members). One-shot")
+	certFile := fs.String("cert", "", "PEM certificate: serve https, and use https for peers (re-read when it changes)")
+	keyFile := fs.String("key", "", "PEM private key of -cert")
+	caFile := fs.String("ca", "", "PEM CA bundle: require client certificates signed by it on peer and admin routes, "+
+		"and verify peers' certificates with it (re-read when it changes)")
 	pprofFlag := fs.Bool("pprof", false, "serve net/http/pprof under /debug/pprof/ (open to anyone who can reach -addr)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -72,7 +76,11 @@ func run(args []string) error {
 		// http://<addr>; a node listening on every interface cannot
 		// advertise that, so it takes its own -peers entry. A member that
 		// moved keeps its old -peers and gives its new -addr.
-		*advertise = "http://" + *addr
+		scheme := "http://"
+		if *certFile != "" {
+			scheme = "https://"
+		}
+		*advertise = scheme + *addr
 		host, _, _ := net.SplitHostPort(*addr)
 		if u, ok := peerMap[*id]; ok && (host == "" || net.ParseIP(host) != nil && net.ParseIP(host).IsUnspecified()) {
 			*advertise = u
@@ -114,16 +122,20 @@ func run(args []string) error {
 		ForceNewCluster: *forceNew,
 		Restore:         *restore,
 		DialOverride:    dial,
+		CertFile:        *certFile,
+		KeyFile:         *keyFile,
+		CAFile:          *caFile,
 		Logger:          logger,
 		Registerer:      prometheus.DefaultRegisterer, // GET /metrics serves the default registry
 	}, store)
 	if err != nil {
 		return err
 	}
-	if *token == "" {
+	if *token == "" && *caFile == "" {
 		logger.Warn("NO -token GIVEN: this node's peer and admin routes are open to anyone who can reach " +
 			*addr + "; any such client can change the membership or forge raft messages. " +
-			"Start every node with -token SECRET (or EMBEDRAFT_TOKEN) outside a trusted network.")
+			"Start every node with -token SECRET (or EMBEDRAFT_TOKEN), or with -cert, -key and -ca (mutual TLS), " +
+			"outside a trusted network.")
 	}
 	nodeRef.Store(node)
 	store.SetReader(node)
@@ -136,18 +148,25 @@ func run(args []string) error {
 		mountPprof(mux)
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	srv.TLSConfig = node.ServerTLSConfig() // nil without -cert
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		_ = node.Close(context.Background())
 		return err
 	}
 	st := node.Status()
-	logger.Info("listening", "addr", ln.Addr().String(), "id", st.ID, "mode", st.Mode, "data", *dataDir)
+	logger.Info("listening", "addr", ln.Addr().String(), "tls", srv.TLSConfig != nil, "id", st.ID, "mode", st.Mode, "data", *dataDir)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }() // exits when srv is shut down
+	go func() { // exits when srv is shut down
+		if srv.TLSConfig != nil {
+			serveErr <- srv.ServeTLS(ln, "", "") // the certificate comes from TLSConfig, reloaded per handshake
+			return
+		}
+		serveErr <- srv.Serve(ln)
+	}()
 
 	select {
 	case <-ctx.Done():

@@ -48,6 +48,9 @@ var operatorScenarios = []scenario{
 	{name: "wiped-voter-stale-peer", fault: wipedVoterStalePeer},
 	{name: "standalone-then-cluster", form: chaos.NewStandalone, spare: 2, fault: standaloneThenCluster},
 	{name: "remove-leader-voter-down", fault: removeLeaderVoterDown},
+	{name: "move-member", fault: moveMember},
+	{name: "quorum-loss-force-new-cluster", fault: quorumLossForceNewCluster},
+	{name: "rolling-restart", fault: rollingRestart, after: rollingRestartAfter},
 }
 
 // TestOperator runs every operator-mistake scenario once, short.
@@ -157,7 +160,7 @@ func (r *run) staleWindow(wiped, stale *chaos.Node, acked []string, d time.Durat
 			go func() { // one bounded request
 				defer wg.Done()
 				body := fmt.Sprintf(`{"key":"probe-%d-%d","value":"1"}`, n.Index, i)
-				resp, err := client.Post(n.URL+"/raft/api/set", "application/json", strings.NewReader(body))
+				resp, err := client.Post(n.URL()+"/raft/api/set", "application/json", strings.NewReader(body))
 				if err != nil {
 					return
 				}
@@ -173,7 +176,7 @@ func (r *run) staleWindow(wiped, stale *chaos.Node, acked []string, d time.Durat
 					return
 				}
 				key := sample[i%len(sample)]
-				code, b, err := get(client, n.URL+"/kv/"+key)
+				code, b, err := get(client, n.URL()+"/kv/"+key)
 				if err == nil && (code == 404 || (code == 200 && string(b) != "1")) {
 					report(fmt.Sprint("read ", n.Index), "node %d: linearizable read of acknowledged %s answered %d %q while member 3 was down", n.Index, key, code, b)
 				}
@@ -327,7 +330,7 @@ func (r *run) checkHas(n *chaos.Node, keys []string, when string) {
 	}
 	client := &http.Client{Timeout: 5 * time.Second}
 	for _, k := range spread(keys, 100) {
-		if code, b, err := get(client, n.URL+"/kv/"+k); err != nil || code != 200 || string(b) != "1" {
+		if code, b, err := get(client, n.URL()+"/kv/"+k); err != nil || code != 200 || string(b) != "1" {
 			r.t.Errorf("%s: linearizable GET /kv/%s: %d %v %q", when, k, code, err, b)
 			return
 		}

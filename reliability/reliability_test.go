@@ -59,15 +59,23 @@ type run struct {
 	leaderKills []time.Time
 	// expectMembers is how many members the cluster has at the end.
 	expectMembers int
-	// avoid holds nodes clients stay away from for a while.
-	mu    sync.Mutex
-	avoid map[*chaos.Node]bool
+	// restarts are the windows in which a node was deliberately down
+	// (rolling-restart).
+	restarts []restartWindow
+	// avoid holds nodes clients stay away from for a while; paused stops
+	// every client (pauseTraffic).
+	mu     sync.Mutex
+	avoid  map[*chaos.Node]bool
+	paused bool
 }
 
 // targets are the running nodes clients may use.
 func (r *run) targets() []*chaos.Node {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.paused {
+		return nil
+	}
 	var out []*chaos.Node
 	for _, n := range r.c.Running() {
 		if !r.avoid[n] {
@@ -89,6 +97,8 @@ type scenario struct {
 	spare int // extra node slots (joins)
 	snap  int // -snapshot-count (0: 200)
 	fault func(r *run)
+	// after, if set, runs once traffic has stopped, before the end checks.
+	after func(r *run)
 	// form starts the cluster (nil: chaos.NewCluster, a static cluster).
 	form func(testing.TB, chaos.Options) *chaos.Cluster
 }
@@ -293,6 +303,9 @@ func runScenario(t *testing.T, sc scenario, seed uint64, traffic time.Duration) 
 	r.sleep(traffic)
 	cancel()
 	wg.Wait()
+	if sc.after != nil {
+		sc.after(r)
+	}
 
 	res := result{scenario: sc.name, stats: w.Stats()}
 	c.HealAll()

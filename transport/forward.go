@@ -6,6 +6,7 @@ package transport
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -61,7 +62,9 @@ type Forwarder struct {
 }
 
 // NewForwarder returns a forwarder whose requests each take at most timeout.
-func NewForwarder(from uint64, token string, timeout time.Duration) *Forwarder {
+// tlsConfig (nil: Go's defaults) is used for https peers: TLS.ClientConfig
+// presents the node's certificate.
+func NewForwarder(from uint64, token string, timeout time.Duration, tlsConfig *tls.Config) *Forwarder {
 	tr := &http.Transport{
 		Proxy:                 nil,
 		DialContext:           (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -70,6 +73,8 @@ func NewForwarder(from uint64, token string, timeout time.Duration) *Forwarder {
 		IdleConnTimeout:       90 * time.Second,
 		ResponseHeaderTimeout: timeout,
 		ForceAttemptHTTP2:     false,
+		TLSClientConfig:       tlsConfig,
+		TLSHandshakeTimeout:   5 * time.Second,
 	}
 	str := &http.Transport{
 		Proxy:                 nil,
@@ -77,6 +82,8 @@ func NewForwarder(from uint64, token string, timeout time.Duration) *Forwarder {
 		ResponseHeaderTimeout: 5 * time.Second,
 		DisableCompression:    true,
 		ForceAttemptHTTP2:     false,
+		TLSClientConfig:       tlsConfig,
+		TLSHandshakeTimeout:   5 * time.Second,
 	}
 	return &Forwarder{
 		client:       &http.Client{Transport: tr, Timeout: timeout},
@@ -110,14 +117,7 @@ func (f *Forwarder) Post(ctx context.Context, url string, clusterID uint64, body
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrNotSent, err)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	if clusterID != 0 {
-		req.Header.Set(HeaderClusterID, strconv.FormatUint(clusterID, 16))
-	}
-	req.Header.Set(HeaderFrom, strconv.FormatUint(f.from, 10))
-	if f.token != "" {
-		req.Header.Set("Authorization", "Bearer "+f.token)
-	}
+	f.identify(req, clusterID, "application/json")
 	resp, err := f.client.Do(req)
 	if err != nil {
 		var op *net.OpError
@@ -145,4 +145,17 @@ func (f *Forwarder) Close() {
 	f.closeStreams()
 	f.client.CloseIdleConnections()
 	f.streamClient.CloseIdleConnections()
+}
+
+// identify sets the headers every node-to-node request carries: this
+// node's id, its cluster id (when it has one) and the cluster token.
+func (f *Forwarder) identify(req *http.Request, clusterID uint64, contentType string) {
+	req.Header.Set("Content-Type", contentType)
+	if clusterID != 0 {
+		req.Header.Set(HeaderClusterID, strconv.FormatUint(clusterID, 16))
+	}
+	req.Header.Set(HeaderFrom, strconv.FormatUint(f.from, 10))
+	if f.token != "" {
+		req.Header.Set("Authorization", "Bearer "+f.token)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"strconv"
 	"time"
 
+	etcdtransport "go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/rafthttp"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
@@ -19,6 +20,9 @@ type PeerConfig struct {
 	Raft        rafthttp.Raft
 	Snapshotter *snap.Snapshotter
 	Logger      *zap.Logger
+	// TLSInfo configures rafthttp's dials to https peers (TLS.EtcdTLSInfo);
+	// empty without a certificate.
+	TLSInfo etcdtransport.TLSInfo
 }
 
 // NewPeerTransport builds and starts rafthttp's transport. Its Handler serves
@@ -40,6 +44,7 @@ func NewPeerTransport(c PeerConfig) (*rafthttp.Transport, error) {
 		ServerStats: stats.NewServerStats("", ""),
 		LeaderStats: stats.NewLeaderStats(c.Logger, strconv.FormatUint(c.ID, 10)),
 		ErrorC:      make(chan error, 1),
+		TLSInfo:     c.TLSInfo,
 	}
 	if err := t.Start(); err != nil {
 		return nil, err

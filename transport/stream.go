@@ -89,14 +89,7 @@ func (f *Forwarder) openStream(ctx context.Context, leaderURL string, clusterID 
 		cancel()
 		return nil, fmt.Errorf("%w: %v", ErrNotSent, err)
 	}
-	req.Header.Set("Content-Type", "application/octet-stream")
-	if clusterID != 0 {
-		req.Header.Set(HeaderClusterID, strconv.FormatUint(clusterID, 16))
-	}
-	req.Header.Set(HeaderFrom, strconv.FormatUint(f.from, 10))
-	if f.token != "" {
-		req.Header.Set("Authorization", "Bearer "+f.token)
-	}
+	f.identify(req, clusterID, "application/octet-stream")
 	type result struct {
 		resp *http.Response
 		err  error

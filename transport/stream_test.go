@@ -48,7 +48,7 @@ func echoLeader(t *testing.T, hold chan struct{}, opened *atomic.Int32) *httptes
 func TestStreamManyConcurrentWrites(t *testing.T) {
 	var opened atomic.Int32
 	srv := echoLeader(t, nil, &opened)
-	f := NewForwarder(2, "", 5*time.Second)
+	f := NewForwarder(2, "", 5*time.Second, nil)
 	defer f.Close()
 	var wg sync.WaitGroup
 	errs := make(chan error, 2000)
@@ -81,7 +81,7 @@ func TestStreamManyConcurrentWrites(t *testing.T) {
 func TestStreamBrokenAndUnreachable(t *testing.T) {
 	hold := make(chan struct{})
 	srv := echoLeader(t, hold, nil)
-	f := NewForwarder(2, "", 5*time.Second)
+	f := NewForwarder(2, "", 5*time.Second, nil)
 	defer f.Close()
 	got := make(chan error, 1)
 	go func() {
@@ -135,7 +135,7 @@ func TestStreamRefused(t *testing.T) {
 		_, _ = w.Write([]byte(`{"code":"not_leader"}`))
 	}))
 	defer srv.Close()
-	f := NewForwarder(2, "", 5*time.Second)
+	f := NewForwarder(2, "", 5*time.Second, nil)
 	defer f.Close()
 	resp, err := f.Forward(context.Background(), srv.URL, 7, []byte("x"))
 	if err != nil || resp.Status != 503 || string(resp.Body) != `{"code":"not_leader"}` {
@@ -147,7 +147,7 @@ func TestStreamRefused(t *testing.T) {
 func TestStreamBackPressure(t *testing.T) {
 	hold := make(chan struct{})
 	srv := echoLeader(t, hold, nil)
-	f := NewForwarder(2, "", 5*time.Second)
+	f := NewForwarder(2, "", 5*time.Second, nil)
 	defer f.Close()
 	var wg sync.WaitGroup
 	var busy, ok atomic.Int32

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +17,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/embedraft/embedraft/internal/certgen"
 )
 
 // clusterOptions describe a local demo cluster.
@@ -25,6 +29,7 @@ type clusterOptions struct {
 	SnapshotCount uint64 // 0: the demo's default
 	Pprof         bool
 	Keep          bool      // keep the temp dir (data and logs) after Close
+	TLS           bool      // mutual TLS with a throwaway CA written to the temp dir
 	Log           io.Writer // where to say what is happening; nil: discard
 }
 
@@ -35,6 +40,7 @@ type cluster struct {
 	keep  bool
 	log   io.Writer
 	nodes []*proc
+	tls   *tls.Config // client configuration for the nodes' https URLs; nil without TLS
 }
 
 // proc is one demo process.
@@ -80,9 +86,17 @@ func startCluster(ctx context.Context, opts clusterOptions) (_ *cluster, err err
 	if err != nil {
 		return c, err
 	}
+	scheme := "http"
+	var tlsArgs []string
+	if opts.TLS {
+		scheme = "https"
+		if tlsArgs, c.tls, err = makeCerts(dir); err != nil {
+			return c, err
+		}
+	}
 	peers := make([]string, len(ports))
 	for i, p := range ports {
-		peers[i] = fmt.Sprintf("%d=http://127.0.0.1:%d", i+1, p)
+		peers[i] = fmt.Sprintf("%d=%s://127.0.0.1:%d", i+1, scheme, p)
 	}
 	for i, p := range ports {
 		id := uint64(i + 1)
@@ -95,6 +109,7 @@ func startCluster(ctx context.Context, opts clusterOptions) (_ *cluster, err err
 		if opts.Token != "" {
 			args = append(args, "-token", opts.Token)
 		}
+		args = append(args, tlsArgs...)
 		if opts.SnapshotCount > 0 {
 			args = append(args, "-snapshot-count", strconv.FormatUint(opts.SnapshotCount, 10))
 		}
@@ -105,7 +120,7 @@ func startCluster(ctx context.Context, opts clusterOptions) (_ *cluster, err err
 		if err != nil {
 			return c, err
 		}
-		pr.id, pr.url = id, "http://127.0.0.1:"+strconv.Itoa(p)
+		pr.id, pr.url = id, scheme+"://127.0.0.1:"+strconv.Itoa(p)
 		c.nodes = append(c.nodes, pr)
 	}
 	fmt.Fprintf(opts.Log, "started %d nodes in %s, waiting for /readyz\n", len(c.nodes), dir)
@@ -113,6 +128,32 @@ func startCluster(ctx context.Context, opts clusterOptions) (_ *cluster, err err
 		return c, err
 	}
 	return c, nil
+}
+
+// makeCerts writes a throwaway CA and one leaf for 127.0.0.1 (server and
+// client authentication, shared by the nodes) to dir, and returns the
+// demo's -cert, -key and -ca arguments and a client configuration that
+// trusts the CA.
+func makeCerts(dir string) ([]string, *tls.Config, error) {
+	ca, err := certgen.NewCA("embedraft bench CA")
+	if err != nil {
+		return nil, nil, err
+	}
+	leaf, err := ca.Leaf("embedraft bench node", "127.0.0.1")
+	if err != nil {
+		return nil, nil, err
+	}
+	certFile, keyFile, err := leaf.Write(dir, "node")
+	if err != nil {
+		return nil, nil, err
+	}
+	caFile := filepath.Join(dir, "ca.pem")
+	if err := certgen.WriteFile(caFile, ca.CertPEM); err != nil {
+		return nil, nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	return []string{"-cert", certFile, "-key", keyFile, "-ca", caFile}, &tls.Config{RootCAs: pool}, nil
 }
 
 // buildDemo runs go build ./demo in the module that holds the working
@@ -180,7 +221,7 @@ func startProc(bin string, args []string, logPath string) (*proc, error) {
 func (c *cluster) waitReady(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
 	defer cancel()
-	client := &http.Client{Timeout: time.Second}
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{TLSClientConfig: c.tls}}
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	ready := make([]bool, len(c.nodes))

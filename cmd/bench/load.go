@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -35,6 +36,9 @@ type loadConfig struct {
 	Keys        int
 	Token       string // sent as a bearer token when set
 	ProfileDir  string // save the leader's profiles here when set
+	// TLS is the client configuration for https targets (-tls: trusts the
+	// throwaway CA, presents no certificate); nil: Go's defaults.
+	TLS *tls.Config
 }
 
 // target is one node to send requests to. PID is 0 when the node is not a
@@ -72,7 +76,7 @@ func runBench(ctx context.Context, cfg loadConfig, targets []target, progress io
 	b := &bencher{
 		cfg:      cfg,
 		targets:  targets,
-		client:   newClient(max(1, slicesMax(cfg.Concurrency))),
+		client:   newClient(max(1, slicesMax(cfg.Concurrency)), cfg.TLS),
 		value:    strings.Repeat("v", cfg.ValueSize),
 		progress: progress,
 	}
@@ -113,13 +117,14 @@ func slicesMax(s []int) int {
 }
 
 // newClient keeps a connection per worker and node alive between requests.
-func newClient(conc int) *http.Client {
+func newClient(conc int, tlsConfig *tls.Config) *http.Client {
 	return &http.Client{
 		Timeout: 30 * time.Second,
 		Transport: &http.Transport{
 			MaxIdleConnsPerHost: conc + 8,
 			IdleConnTimeout:     90 * time.Second,
 			DisableCompression:  true,
+			TLSClientConfig:     tlsConfig,
 		},
 	}
 }

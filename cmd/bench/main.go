@@ -6,6 +6,7 @@
 //	go run ./cmd/bench -d 5s -c 16 -workloads write -json out.json
 //	go run ./cmd/bench -profile /tmp/prof               # CPU and allocation profiles of the leader
 //	go run ./cmd/bench -targets http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083
+//	go run ./cmd/bench -tls -workloads write           # the local cluster over mutual TLS
 //
 // By default it builds ./demo, starts three demo processes on free loopback
 // ports with fresh data directories, waits for every node's /readyz, runs
@@ -56,6 +57,7 @@ type options struct {
 	snapshotCount uint64
 	jsonOut       string
 	keep          bool
+	tls           bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -73,6 +75,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	profile := fs.String("profile", "", "save the leader's CPU and allocation profiles of each point in this directory (needs the demo's -pprof)")
 	demoBin := fs.String("demo", "", "demo binary to start (default: go build ./demo)")
 	keep := fs.Bool("keep", false, "keep the local cluster's data directories and logs")
+	tlsFlag := fs.Bool("tls", false, "run the local cluster over mutual TLS (-cert, -key, -ca from a throwaway CA made in its temp dir); "+
+		"the load client trusts that CA and presents no certificate")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
@@ -91,6 +95,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		snapshotCount: *snap,
 		jsonOut:       *jsonOut,
 		keep:          *keep,
+		tls:           *tlsFlag,
 	}
 	var errs []error
 	for _, w := range splitList(*workloads) {
@@ -121,6 +126,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if *keys < 1 {
 		errs = append(errs, errors.New("-keys must be at least 1"))
+	}
+	if *tlsFlag && *targets != "" {
+		errs = append(errs, errors.New("-tls starts its own cluster: it does not go with -targets"))
 	}
 	for _, t := range splitList(*targets) {
 		o.targets = append(o.targets, strings.TrimSuffix(t, "/"))
@@ -163,6 +171,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 			SnapshotCount: o.snapshotCount,
 			Pprof:         o.load.ProfileDir != "",
 			Keep:          o.keep,
+			TLS:           o.tls,
 			Log:           stderr,
 		})
 		if err != nil {
@@ -174,6 +183,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 			}
 		}()
 		targets = c.Targets()
+		o.load.TLS = c.tls
 	}
 	rep, err := runBench(ctx, o.load, targets, stderr)
 	if rep != nil && len(rep.Points) > 0 {

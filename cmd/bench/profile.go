@@ -71,7 +71,8 @@ func (b *bencher) startProfiles(ctx context.Context, workload string, c int) *pr
 			p.err = fmt.Errorf("profile: %w", err)
 			return
 		}
-		client := &http.Client{Timeout: time.Duration(secs)*time.Second + time.Minute}
+		client := &http.Client{Timeout: time.Duration(secs)*time.Second + time.Minute,
+			Transport: &http.Transport{TLSClientConfig: b.cfg.TLS}}
 		prefix := filepath.Join(b.cfg.ProfileDir, fmt.Sprintf("%s-c%d-node%d", workload, c, id))
 		fetch := func(path, file string) error {
 			if err := fetchTo(ctx, client, url+path, file); err != nil {

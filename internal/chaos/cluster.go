@@ -23,11 +23,12 @@ type Options struct {
 }
 
 // Cluster is a set of demo processes wired through a proxy per direction
-// per pair of nodes.
+// per pair of nodes and per address of the target (its port and its spare
+// port, see Node.Move).
 type Cluster struct {
 	T       testing.TB
-	Nodes   []*Node // all slots; Nodes[i].Index == i+1
-	proxies map[[2]int]*Proxy
+	Nodes   []*Node           // all slots; Nodes[i].Index == i+1
+	proxies map[[3]int]*Proxy // {from, to, to's port} -> proxy
 	opt     Options
 
 	stopMon chan struct{}
@@ -89,7 +90,7 @@ func newSlots(t testing.TB, opt Options) *Cluster {
 	if opt.LogDir == "" {
 		opt.LogDir = t.TempDir()
 	}
-	c := &Cluster{T: t, opt: opt, proxies: map[[2]int]*Proxy{}, leaders: map[uint64]map[uint64]bool{}}
+	c := &Cluster{T: t, opt: opt, proxies: map[[3]int]*Proxy{}, leaders: map[uint64]map[uint64]bool{}}
 	total := opt.Size + opt.Spare
 	base := t.TempDir()
 	ports, err := freePorts(total)
@@ -98,11 +99,15 @@ func newSlots(t testing.TB, opt Options) *Cluster {
 	}
 	for i := 1; i <= total; i++ {
 		port := ports[i-1]
-		c.Nodes = append(c.Nodes, &Node{
-			Index: i, Port: port, URL: fmt.Sprintf("http://127.0.0.1:%d", port),
+		n := &Node{
+			Index: i, port: port, url: fmt.Sprintf("http://127.0.0.1:%d", port),
 			Dir: filepath.Join(base, fmt.Sprintf("n%d", i)), LogPath: filepath.Join(opt.LogDir, fmt.Sprintf("n%d.log", i)),
 			bin: opt.Bin,
-		})
+		}
+		c.Nodes = append(c.Nodes, n)
+		if err := n.reserveSpare(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Cleanup(c.shutdown)
 	for _, from := range c.Nodes {
@@ -111,12 +116,14 @@ func newSlots(t testing.TB, opt Options) *Cluster {
 			if from == to {
 				continue
 			}
-			p, err := NewProxy(fmt.Sprintf("127.0.0.1:%d", to.Port))
-			if err != nil {
-				t.Fatal(err)
+			for _, port := range []int{to.port, to.sparePort} {
+				p, err := NewProxy(fmt.Sprintf("127.0.0.1:%d", port))
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.proxies[[3]int{from.Index, to.Index, port}] = p
+				dial = append(dial, fmt.Sprintf("http://127.0.0.1:%d=http://%s", port, p.Addr()))
 			}
-			c.proxies[[2]int{from.Index, to.Index}] = p
-			dial = append(dial, to.URL+"=http://"+p.Addr())
 		}
 		from.env = []string{"EMBEDRAFT_TEST_DIAL=" + strings.Join(dial, ",")}
 	}
@@ -127,7 +134,7 @@ func newSlots(t testing.TB, opt Options) *Cluster {
 
 // JoinArgs are the flags for slot n to join through target.
 func (c *Cluster) JoinArgs(target *Node) []string {
-	return []string{"-join", target.URL, "-snapshot-count", strconv.Itoa(c.opt.SnapshotCount)}
+	return []string{"-join", target.URL(), "-snapshot-count", strconv.Itoa(c.opt.SnapshotCount)}
 }
 
 func (c *Cluster) shutdown() {
@@ -137,14 +144,18 @@ func (c *Cluster) shutdown() {
 	}
 	for _, n := range c.Nodes {
 		_ = n.Kill() // a node that exited by itself was reported already
+		n.releaseSpare()
 	}
 	for _, p := range c.proxies {
 		p.Close()
 	}
 }
 
-// Proxy returns the proxy node from dials node to through.
-func (c *Cluster) Proxy(from, to int) *Proxy { return c.proxies[[2]int{from, to}] }
+// Proxy returns the proxy node from dials node to through, at to's
+// current port.
+func (c *Cluster) Proxy(from, to int) *Proxy {
+	return c.proxies[[3]int{from, to, c.Nodes[to-1].Port()}]
+}
 
 // Isolate cuts every connection to and from node k (both directions).
 func (c *Cluster) Isolate(k int) {
@@ -155,8 +166,15 @@ func (c *Cluster) Isolate(k int) {
 	}
 }
 
-// CutOneWay blackholes the connections from dials to.
-func (c *Cluster) CutOneWay(from, to int) { c.Proxy(from, to).SetBlackhole(true) }
+// CutOneWay blackholes the connections from dials to (at both its
+// addresses).
+func (c *Cluster) CutOneWay(from, to int) {
+	for key, p := range c.proxies {
+		if key[0] == from && key[1] == to {
+			p.SetBlackhole(true)
+		}
+	}
+}
 
 // DelayAll delays every proxied chunk by d plus up to jitter.
 func (c *Cluster) DelayAll(d, jitter time.Duration) {

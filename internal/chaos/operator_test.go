@@ -16,7 +16,7 @@ func fakeNode(t *testing.T, script string) *Node {
 	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"+script+"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	return &Node{Index: 1, Port: 1, Dir: filepath.Join(dir, "data"), LogPath: filepath.Join(dir, "n1.log"), bin: bin}
+	return &Node{Index: 1, port: 1, Dir: filepath.Join(dir, "data"), LogPath: filepath.Join(dir, "n1.log"), bin: bin}
 }
 
 func TestOperatorExpectExit(t *testing.T) {

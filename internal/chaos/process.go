@@ -82,22 +82,41 @@ func freePorts(n int) ([]int, error) {
 // and stopped many times.
 type Node struct {
 	Index   int // 1-based position in the cluster
-	Port    int
-	URL     string
 	Dir     string
 	LogPath string
 
 	bin  string
 	env  []string
 	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  *os.File
-	args []string
+	port int    // where the next start listens (Move swaps it)
+	url  string // http://127.0.0.1:port
+	// sparePort is the other address the slot may move to; every other
+	// node's dial map routes it through a proxy too. held are listeners
+	// keeping the slot's unused port(s) from being taken (see move.go).
+	sparePort int
+	held      []net.Listener
+	cmd       *exec.Cmd
+	done      chan struct{}
+	log       *os.File
+	args      []string
 
 	stderr   *tailBuffer // the current process's stderr (its tail)
 	logOff   int64       // where the current process's output starts in LogPath
 	expected []logRange  // log ranges of processes that exited as expected
+}
+
+// Port is the port the node listens on (its current start, or its next).
+func (n *Node) Port() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.port
+}
+
+// URL is the node's advertised URL, http://127.0.0.1:Port.
+func (n *Node) URL() string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.url
 }
 
 // Running reports whether the process is alive (possibly stopped by
@@ -122,6 +141,14 @@ func (n *Node) Start(args ...string) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.cmd != nil {
+		select {
+		case <-n.done:
+			// It died unasked: say how, rather than only that the slot
+			// is taken.
+			return fmt.Errorf("node %d exited by itself (%v); its stderr ends with:\n%s",
+				n.Index, n.cmd.ProcessState, n.stderr)
+		default:
+		}
 		return fmt.Errorf("node %d already running", n.Index)
 	}
 	if args != nil {
@@ -137,7 +164,8 @@ func (n *Node) Start(args ...string) error {
 		f.Close()
 		return err
 	}
-	all := append([]string{"-addr", fmt.Sprintf("127.0.0.1:%d", n.Port), "-data", n.Dir}, n.args...)
+	n.freeHeldPort() // after a Move, the harness holds the port this start needs
+	all := append([]string{"-addr", fmt.Sprintf("127.0.0.1:%d", n.port), "-data", n.Dir}, n.args...)
 	cmd := exec.Command(n.bin, all...)
 	n.stderr, n.logOff = &tailBuffer{}, off
 	cmd.Stdout, cmd.Stderr = f, io.MultiWriter(f, n.stderr)
@@ -166,7 +194,8 @@ func (n *Node) signal(sig syscall.Signal) (chan struct{}, error) {
 	}
 	select {
 	case <-n.done:
-		return nil, fmt.Errorf("node %d exited by itself (see %s)", n.Index, n.LogPath)
+		return nil, fmt.Errorf("node %d exited by itself (%v, see %s); its stderr ends with:\n%s",
+			n.Index, n.cmd.ProcessState, n.LogPath, n.stderr)
 	default:
 	}
 	return n.done, n.cmd.Process.Signal(sig)
@@ -223,21 +252,21 @@ func (n *Node) Status(ctx context.Context) (Status, error) {
 	var env struct {
 		Data Status `json:"data"`
 	}
-	err := getJSON(ctx, n.URL+"/raft/api/status", &env)
+	err := getJSON(ctx, n.URL()+"/raft/api/status", &env)
 	return env.Data, err
 }
 
 // State fetches the node's whole key-value map (local read).
 func (n *Node) State(ctx context.Context) (map[string]string, error) {
 	m := map[string]string{}
-	err := getJSON(ctx, n.URL+"/kv?consistency=local", &m)
+	err := getJSON(ctx, n.URL()+"/kv?consistency=local", &m)
 	return m, err
 }
 
 // Post sends a JSON body and returns the status and body.
 func (n *Node) Post(ctx context.Context, path string, body any) (int, []byte, error) {
 	b, _ := json.Marshal(body)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.URL+path, bytes.NewReader(b))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, n.URL()+path, bytes.NewReader(b))
 	if err != nil {
 		return 0, nil, err
 	}
@@ -271,7 +300,7 @@ func getJSON(ctx context.Context, url string, v any) error {
 func peersFlag(nodes []*Node) string {
 	parts := make([]string, len(nodes))
 	for i, n := range nodes {
-		parts[i] = strconv.Itoa(n.Index) + "=" + n.URL
+		parts[i] = strconv.Itoa(n.Index) + "=" + n.URL()
 	}
 	return strings.Join(parts, ",")
 }

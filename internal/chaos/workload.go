@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
 
@@ -42,12 +43,25 @@ type Workload struct {
 	Timeout  time.Duration  // per request (default 3s)
 	ReadFrac float64        // share of hot-key reads (default 0.4)
 
-	mu     sync.Mutex
-	ops    []porcupine.Operation
-	acked  []string // unique keys acknowledged
-	stats  Stats
-	client *http.Client
-	acks   []ackTime
+	mu       sync.Mutex
+	ops      []porcupine.Operation
+	acked    []string // unique keys acknowledged
+	stats    Stats
+	client   *http.Client
+	acks     []ackTime
+	failures []WriteFailure
+	inFlight int
+}
+
+// WriteFailure is a write that was not acknowledged (a run's end cutting
+// requests off is not counted).
+type WriteFailure struct {
+	Node         int // the node's Index
+	Call, Return time.Time
+	Key, Value   string
+	Status       int    // the HTTP status; 0 when there was no answer
+	Code         string // the answer's envelope code ("unknown_outcome", ...)
+	Err          string // the client's error when there was no answer
 }
 
 // ackTime is when an acknowledged write was called and answered.
@@ -112,15 +126,26 @@ func (w *Workload) client1(ctx context.Context, id int) {
 // a later read shows it never happened... it must still linearize).
 func (w *Workload) write(ctx context.Context, client int, n *Node, key, value string, unique bool) {
 	body, _ := json.Marshal(map[string]string{"key": key, "value": value})
+	w.count(func(*Stats) { w.inFlight++ })
 	call := w.now()
-	status, err := w.do(ctx, http.MethodPost, n.URL+"/raft/api/set", body)
+	status, code, err := w.do(ctx, http.MethodPost, n.URL()+"/raft/api/set", body)
 	ret := w.now()
-	if ctx.Err() != nil && err != nil {
+	cut := ctx.Err() != nil && err != nil
+	if cut {
 		ret = math.MaxInt64 // cut off by the end of the run: unknown
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	w.inFlight--
 	w.stats.Attempted++
+	if !cut && (err != nil || status/100 != 2) {
+		f := WriteFailure{Node: n.Index, Call: w.Start.Add(time.Duration(call)), Return: w.Start.Add(time.Duration(ret)),
+			Key: key, Value: value, Status: status, Code: code}
+		if err != nil {
+			f.Err = err.Error()
+		}
+		w.failures = append(w.failures, f)
+	}
 	in := KVInput{Put: true, Key: key, Value: value}
 	switch {
 	case err == nil && status/100 == 2:
@@ -149,8 +174,10 @@ func refused(err error) bool {
 }
 
 func (w *Workload) read(ctx context.Context, client int, n *Node, key string) {
+	w.count(func(*Stats) { w.inFlight++ })
+	defer w.count(func(*Stats) { w.inFlight-- })
 	call := w.now()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.URL+"/kv/"+key, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.URL()+"/kv/"+key, nil)
 	if err != nil {
 		return
 	}
@@ -208,7 +235,7 @@ func (w *Workload) FinalReads(ctx context.Context, nodes []*Node) error {
 
 func (w *Workload) finalRead(ctx context.Context, n *Node, key string) (porcupine.Operation, error) {
 	call := w.now()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.URL+"/kv/"+key, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.URL()+"/kv/"+key, nil)
 	if err != nil {
 		return porcupine.Operation{}, err
 	}
@@ -235,18 +262,26 @@ func (w *Workload) count(f func(*Stats)) {
 	w.mu.Unlock()
 }
 
-func (w *Workload) do(ctx context.Context, method, url string, body []byte) (int, error) {
+// do sends one request and returns the status and, for an error answer,
+// its envelope code.
+func (w *Workload) do(ctx context.Context, method, url string, body []byte) (int, string, error) {
 	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	resp, err := w.client.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	defer resp.Body.Close()
+	var env struct {
+		Code string `json:"code"`
+	}
+	if resp.StatusCode/100 != 2 {
+		_ = json.NewDecoder(resp.Body).Decode(&env)
+	}
 	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode, nil
+	return resp.StatusCode, env.Code, nil
 }
 
 // History returns the recorded operations.
@@ -282,4 +317,40 @@ func (w *Workload) FirstAckAfter(t time.Time) (time.Duration, bool) {
 		}
 	}
 	return best, best != math.MaxInt64
+}
+
+// InFlight is how many client requests are waiting for an answer.
+func (w *Workload) InFlight() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.inFlight
+}
+
+// Failures returns the writes that were not acknowledged, in the order
+// they were answered.
+func (w *Workload) Failures() []WriteFailure {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]WriteFailure(nil), w.failures...)
+}
+
+// MaxAckGap returns the longest time between the answers of two
+// consecutive acknowledged writes answered within [from, to], and when
+// that gap began; zero if fewer than two were.
+func (w *Workload) MaxAckGap(from, to time.Time) (gap time.Duration, at time.Time) {
+	w.mu.Lock()
+	var rets []time.Time
+	for _, a := range w.acks {
+		if !a.ret.Before(from) && !a.ret.After(to) {
+			rets = append(rets, a.ret)
+		}
+	}
+	w.mu.Unlock()
+	slices.SortFunc(rets, time.Time.Compare)
+	for i := 1; i < len(rets); i++ {
+		if d := rets[i].Sub(rets[i-1]); d > gap {
+			gap, at = d, rets[i-1]
+		}
+	}
+	return gap, at
 }

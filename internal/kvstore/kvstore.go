@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,10 +22,14 @@ import (
 // MaxKeyBytes bounds a key.
 const MaxKeyBytes = 1024
 
-// Op is a write request body and the entry data: {"key":"k","value":"v"}.
+// Op is a write request body and the entry data: {"key":"k","value":"v"}
+// sets a value; {"key":"k","add":N} adds the integer N (may be negative) to
+// the key's integer value (absent counts as 0) and answers the value after
+// the add. An Op with Add set is an add; its Value must be empty.
 type Op struct {
 	Key   string `json:"key"`
 	Value string `json:"value"`
+	Add   *int64 `json:"add,omitempty"`
 }
 
 // Reader gives the store linearizable reads; *embedraft.Node implements it.
@@ -69,15 +74,29 @@ func ParseOp(body []byte) (Op, error) {
 	if len(op.Key) > MaxKeyBytes {
 		return op, fmt.Errorf("key is %d bytes, limit %d", len(op.Key), MaxKeyBytes)
 	}
+	if op.Add != nil && op.Value != "" {
+		return op, errors.New(`"value" and "add" are exclusive`)
+	}
 	return op, nil
 }
 
-// PreProcessData checks the body and returns it canonically encoded.
+// PreProcessData checks the body and returns it canonically encoded. An add
+// to a value that is not an integer (now, on the leader) is refused here;
+// CommitResult checks again, since the value may change before the entry
+// applies.
 func (s *Store) PreProcessData(body []byte) (interface{}, []byte, error) {
 	s.preprocess.Add(1)
 	op, err := ParseOp(body)
 	if err != nil {
 		return nil, nil, err
+	}
+	if op.Add != nil {
+		s.mu.RLock()
+		_, err := s.resultLocked(op)
+		s.mu.RUnlock()
+		if err != nil {
+			return nil, nil, err
+		}
 	}
 	data, err := json.Marshal(op)
 	return op, data, err
@@ -86,24 +105,55 @@ func (s *Store) PreProcessData(body []byte) (interface{}, []byte, error) {
 // PreProcessCount is how many times PreProcessData ran on this node.
 func (s *Store) PreProcessCount() int64 { return s.preprocess.Load() }
 
-// Commit applies one write. In standalone mode with a standalone log open,
-// the write is made durable first.
+// Commit applies one write (CommitResult without its result).
 func (s *Store) Commit(data []byte) error {
+	_, err := s.CommitResult(data)
+	return err
+}
+
+// CommitResult applies one write and returns the key's value after it, as
+// an Op {"key":"k","value":"v"} (embedraft.ResultCommitter). An add to a
+// value that is not an integer, or that overflows int64, is an error and
+// changes nothing. In standalone mode with a standalone log open, the write
+// is made durable first.
+func (s *Store) CommitResult(data []byte) (interface{}, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	op, err := decodeOp(data)
+	if err != nil {
+		return nil, err
+	}
+	value, err := s.resultLocked(op)
+	if err != nil {
+		return nil, err
+	}
 	if s.slog != nil && s.slog.active() {
-		if _, err := decodeOp(data); err != nil {
-			return err
-		}
 		if err := s.slog.append(data); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	if err := s.applyLocked(data); err != nil {
-		return err
-	}
+	s.data[op.Key] = value
 	s.commits.Add(1)
-	return nil
+	return Op{Key: op.Key, Value: value}, nil
+}
+
+// resultLocked is the key's value after op, or why op cannot apply.
+func (s *Store) resultLocked(op Op) (string, error) {
+	if op.Add == nil {
+		return op.Value, nil
+	}
+	var cur int64
+	if v, ok := s.data[op.Key]; ok {
+		var err error
+		if cur, err = strconv.ParseInt(v, 10, 64); err != nil {
+			return "", fmt.Errorf("cannot add to %q: its value is not an integer", op.Key)
+		}
+	}
+	sum := cur + *op.Add
+	if (*op.Add > 0 && sum < cur) || (*op.Add < 0 && sum > cur) {
+		return "", fmt.Errorf("cannot add %d to %q: int64 overflow", *op.Add, op.Key)
+	}
+	return strconv.FormatInt(sum, 10), nil
 }
 
 // CommitCount is how many writes Commit applied on this node.
@@ -120,7 +170,11 @@ func (s *Store) applyLocked(data []byte) error {
 	if err != nil {
 		return err
 	}
-	s.data[op.Key] = op.Value
+	value, err := s.resultLocked(op)
+	if err != nil {
+		return err
+	}
+	s.data[op.Key] = value
 	return nil
 }
 

@@ -25,12 +25,12 @@ func TestParseOp(t *testing.T) {
 		wantErr string
 		fixed   string // the bug this case once demonstrated
 	}{
-		{"OK", `{"key":"a","value":"1"}`, Op{"a", "1"}, "", ""},
+		{"OK", `{"key":"a","value":"1"}`, Op{Key: "a", Value: "1"}, "", ""},
 		{"OK without value", `{"key":"a"}`, Op{Key: "a"}, "", ""},
 		{"OK null value", `{"key":"a","value":null}`, Op{Key: "a"}, "", ""},
-		{"OK fields in any order and spaces", " {\"value\":\"v\" ,\n\"key\":\"a\"}\n\t", Op{"a", "v"}, "", ""},
+		{"OK fields in any order and spaces", " {\"value\":\"v\" ,\n\"key\":\"a\"}\n\t", Op{Key: "a", Value: "v"}, "", ""},
 		{"OK longest key", `{"key":"` + longKey + `"}`, Op{Key: longKey}, "", ""},
-		{"OK unicode", `{"key":"ключ","value":"\u00e9\ud83d\ude00"}`, Op{"ключ", "é😀"}, "", ""},
+		{"OK unicode", `{"key":"ключ","value":"\u00e9\ud83d\ude00"}`, Op{Key: "ключ", Value: "é😀"}, "", ""},
 		{"ErrEmpty", ``, Op{}, "invalid JSON", ""},
 		{"ErrSpaces", `   `, Op{}, "invalid JSON", ""},
 		{"ErrTruncated", `{"key":`, Op{}, "invalid JSON", ""},
@@ -74,7 +74,7 @@ func TestStorePreProcessData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if obj != (Op{"k", "v"}) || string(data) != `{"key":"k","value":"v"}` {
+	if obj != (Op{Key: "k", Value: "v"}) || string(data) != `{"key":"k","value":"v"}` {
 		t.Fatalf("PreProcessData = %+v %s, want the op and its canonical encoding", obj, data)
 	}
 	if _, _, err := s.PreProcessData([]byte(`{"key":""}`)); err == nil {
@@ -90,7 +90,7 @@ func TestStorePreProcessData(t *testing.T) {
 
 func mustCommit(t *testing.T, s *Store, key, value string) {
 	t.Helper()
-	data, _ := json.Marshal(Op{key, value})
+	data, _ := json.Marshal(Op{Key: key, Value: value})
 	if err := s.Commit(data); err != nil {
 		t.Fatalf("commit %s=%s: %v", key, value, err)
 	}
@@ -227,7 +227,7 @@ func record(data []byte) []byte {
 }
 
 func opData(key, value string) []byte {
-	b, _ := json.Marshal(Op{key, value})
+	b, _ := json.Marshal(Op{Key: key, Value: value})
 	return b
 }
 

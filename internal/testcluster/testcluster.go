@@ -6,9 +6,12 @@ package testcluster
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
@@ -52,10 +55,35 @@ type Cluster struct {
 // Option adjusts every member's config.
 type Option func(*embedraft.Config)
 
+// probe applies opts to an empty config: options that set CertFile make the
+// members serve https (node.ServerTLSConfig) and advertise https URLs, and
+// with CAFile the cluster's Client trusts that CA (it presents no
+// certificate: client routes only).
+func (c *Cluster) probe(opts []Option) (scheme string) {
+	var cfg embedraft.Config
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.CertFile == "" {
+		return "http"
+	}
+	if cfg.CAFile != "" {
+		b, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			c.T.Fatalf("read CA: %v", err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM(b)
+		c.Client.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	}
+	return "https"
+}
+
 // NewStatic starts an n-member static cluster and waits for a leader.
 func NewStatic(t testing.TB, n int, opts ...Option) *Cluster {
 	t.Helper()
 	c := newCluster(t)
+	scheme := c.probe(opts)
 	peers := map[uint64]string{}
 	lns := make([]net.Listener, n)
 	for i := range n {
@@ -64,7 +92,7 @@ func NewStatic(t testing.TB, n int, opts ...Option) *Cluster {
 			t.Fatalf("listen: %v", err)
 		}
 		lns[i] = ln
-		peers[uint64(i+1)] = "http://" + ln.Addr().String()
+		peers[uint64(i+1)] = scheme + "://" + ln.Addr().String()
 	}
 	for i := range n {
 		id := uint64(i + 1)
@@ -108,7 +136,7 @@ func NewSingle(t testing.TB, opts ...Option) *Cluster {
 	if err != nil {
 		t.Fatalf("listen: %v", err)
 	}
-	url := "http://" + ln.Addr().String()
+	url := c.probe(opts) + "://" + ln.Addr().String()
 	m := &Member{ID: 1, URL: url, Dir: t.TempDir(), c: c, addr: ln.Addr().String()}
 	m.cfg = c.configure(embedraft.Config{AdvertiseURL: url, DataDir: m.Dir}, 1, opts)
 	c.Members = append(c.Members, m)
@@ -172,7 +200,11 @@ func (m *Member) start(ln net.Listener) error {
 	mux.Handle("/kv", m.Store)
 	mux.Handle("/kv/", m.Store)
 	mux.Handle("/", node.Handler())
-	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: log.New(m.c.logs, fmt.Sprintf("member %d http: ", m.ID), 0)}
+	if m.cfg.CertFile != "" {
+		ln = tls.NewListener(ln, node.ServerTLSConfig())
+	}
 	m.done = make(chan struct{})
 	go func() { // exits when the server is closed by Stop
 		defer close(m.done)
@@ -248,7 +280,8 @@ func (m *Member) MoveToNewPort() string {
 	}
 	m.addr = ln.Addr().String()
 	ln.Close()
-	m.URL = "http://" + m.addr
+	scheme, _, _ := strings.Cut(m.URL, "://")
+	m.URL = scheme + "://" + m.addr
 	m.cfg.AdvertiseURL = m.URL
 	return m.URL
 }
@@ -283,7 +316,7 @@ func (c *Cluster) TryJoin(targetURL string, opts ...Option) (*Member, error) {
 	if err != nil {
 		return nil, err
 	}
-	url := "http://" + ln.Addr().String()
+	url := c.probe(opts) + "://" + ln.Addr().String()
 	m := &Member{URL: url, Dir: c.T.TempDir(), c: c, addr: ln.Addr().String()}
 	m.cfg = c.configure(embedraft.Config{AdvertiseURL: url, DataDir: m.Dir, Join: targetURL}, 0, opts)
 	if err := m.start(ln); err != nil {
