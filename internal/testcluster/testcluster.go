@@ -50,6 +50,17 @@ type Cluster struct {
 	Members []*Member
 	Client  *http.Client
 	logs    *logSink
+	base    string // parent of the members' data directories
+}
+
+// dataDir makes a new member data directory.
+func (c *Cluster) dataDir() string {
+	c.T.Helper()
+	dir, err := os.MkdirTemp(c.base, "member")
+	if err != nil {
+		c.T.Fatalf("data dir: %v", err)
+	}
+	return dir
 }
 
 // Option adjusts every member's config.
@@ -96,7 +107,7 @@ func NewStatic(t testing.TB, n int, opts ...Option) *Cluster {
 	}
 	for i := range n {
 		id := uint64(i + 1)
-		cfg := embedraft.Config{ID: id, AdvertiseURL: peers[id], DataDir: t.TempDir(), Peers: peers}
+		cfg := embedraft.Config{ID: id, AdvertiseURL: peers[id], DataDir: c.dataDir(), Peers: peers}
 		m := &Member{ID: id, URL: peers[id], Dir: cfg.DataDir, c: c, addr: lns[i].Addr().String()}
 		m.cfg = c.configure(cfg, id, opts)
 		c.Members = append(c.Members, m)
@@ -137,7 +148,7 @@ func NewSingle(t testing.TB, opts ...Option) *Cluster {
 		t.Fatalf("listen: %v", err)
 	}
 	url := c.probe(opts) + "://" + ln.Addr().String()
-	m := &Member{ID: 1, URL: url, Dir: t.TempDir(), c: c, addr: ln.Addr().String()}
+	m := &Member{ID: 1, URL: url, Dir: c.dataDir(), c: c, addr: ln.Addr().String()}
 	m.cfg = c.configure(embedraft.Config{AdvertiseURL: url, DataDir: m.Dir}, 1, opts)
 	c.Members = append(c.Members, m)
 	if err := m.start(ln); err != nil {
@@ -148,6 +159,11 @@ func NewSingle(t testing.TB, opts ...Option) *Cluster {
 
 func newCluster(t testing.TB) *Cluster {
 	c := &Cluster{T: t, logs: &logSink{t: t}, Client: &http.Client{Timeout: 30 * time.Second}}
+	// Members' data directories live under one temporary directory made
+	// here, before the cleanup that stops the nodes: cleanups run last
+	// first, so it is removed only once every node is closed (a TempDir
+	// made later would be removed while its node still writes).
+	c.base = t.TempDir()
 	// Registered first, so it runs last: logs stop after every node closed.
 	t.Cleanup(c.logs.close)
 	t.Cleanup(func() {
@@ -317,7 +333,7 @@ func (c *Cluster) TryJoin(targetURL string, opts ...Option) (*Member, error) {
 		return nil, err
 	}
 	url := c.probe(opts) + "://" + ln.Addr().String()
-	m := &Member{URL: url, Dir: c.T.TempDir(), c: c, addr: ln.Addr().String()}
+	m := &Member{URL: url, Dir: c.dataDir(), c: c, addr: ln.Addr().String()}
 	m.cfg = c.configure(embedraft.Config{AdvertiseURL: url, DataDir: m.Dir, Join: targetURL}, 0, opts)
 	if err := m.start(ln); err != nil {
 		return nil, err
