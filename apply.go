@@ -47,9 +47,10 @@ type applier struct {
 	// new member needs one taken after its addition.
 	snapNow bool
 	// snapDone is set while a snapshot goroutine runs (snapshot.go); it
-	// reports the outcome. snapPrev and snapPrevNow restore snapIndex and
-	// snapNow if it fails.
+	// reports the outcome. If the snapshot at snapJob fails, snapPrev and
+	// snapPrevNow restore snapIndex and snapNow.
 	snapDone    chan error
+	snapJob     uint64
 	snapPrev    uint64
 	snapPrevNow bool
 }

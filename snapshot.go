@@ -55,7 +55,9 @@ func (a *applier) maybeSnapshot() {
 			a.snapDone = nil
 			if err != nil {
 				n.log.Error("snapshot failed; will retry", "err", err)
-				a.snapIndex, a.snapNow = a.snapPrev, a.snapNow || a.snapPrevNow
+				if a.snapIndex == a.snapJob { // no snapshot installed since
+					a.snapIndex, a.snapNow = a.snapPrev, a.snapNow || a.snapPrevNow
+				}
 			}
 		default:
 			return // the previous one is still being written
@@ -89,7 +91,7 @@ func (a *applier) maybeSnapshot() {
 		view:      view,
 		start:     start,
 	}
-	a.snapPrev, a.snapPrevNow = a.snapIndex, a.snapNow
+	a.snapPrev, a.snapPrevNow, a.snapJob = a.snapIndex, a.snapNow, a.appliedIndex
 	a.snapIndex, a.snapNow = a.appliedIndex, false
 	done := make(chan error, 1)
 	a.snapDone = done
