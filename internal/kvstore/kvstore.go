@@ -39,8 +39,13 @@ type Reader interface {
 
 // Store is an in-memory map replicated through embedraft.
 type Store struct {
-	mu   sync.RWMutex
-	data map[string]string
+	mu sync.RWMutex
+	// data is the state; while a snapshot view holds frozen (snapshot.go),
+	// data holds only the writes since the view was captured, and a key's
+	// value is data's, else frozen's (the demo never deletes a key).
+	data   map[string]string
+	frozen map[string]string
+	gen    uint64 // bumped when frozen is set or dropped
 
 	sender     embedraft.IRaftSender
 	reader     Reader
@@ -143,7 +148,7 @@ func (s *Store) resultLocked(op Op) (string, error) {
 		return op.Value, nil
 	}
 	var cur int64
-	if v, ok := s.data[op.Key]; ok {
+	if v, ok := s.getLocked(op.Key); ok {
 		var err error
 		if cur, err = strconv.ParseInt(v, 10, 64); err != nil {
 			return "", fmt.Errorf("cannot add to %q: its value is not an integer", op.Key)
@@ -193,7 +198,7 @@ func (s *Store) GetInit() ([]byte, error) { return s.GetSnapshot() }
 func (s *Store) GetSnapshot() ([]byte, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return json.Marshal(s.data)
+	return json.Marshal(s.mergedLocked())
 }
 
 // ResetSnap replaces the map.
@@ -208,7 +213,8 @@ func (s *Store) ResetSnap(data []byte) error {
 		m = map[string]string{}
 	}
 	s.mu.Lock()
-	s.data = m
+	s.data, s.frozen = m, nil
+	s.gen++
 	s.mu.Unlock()
 	s.resets.Add(1)
 	return nil
@@ -224,14 +230,40 @@ func (s *Store) SetRaft(r embedraft.IRaftSender) { s.sender = r }
 func (s *Store) Get(key string) (string, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	v, ok := s.data[key]
+	return s.getLocked(key)
+}
+
+func (s *Store) getLocked(key string) (string, bool) {
+	if v, ok := s.data[key]; ok || s.frozen == nil {
+		return v, ok
+	}
+	v, ok := s.frozen[key]
 	return v, ok
+}
+
+// mergedLocked is the whole state as one map: data itself, or a copy when
+// a snapshot view holds frozen.
+func (s *Store) mergedLocked() map[string]string {
+	if s.frozen == nil {
+		return s.data
+	}
+	out := make(map[string]string, len(s.frozen)+len(s.data))
+	for k, v := range s.frozen {
+		out[k] = v
+	}
+	for k, v := range s.data {
+		out[k] = v
+	}
+	return out
 }
 
 // Snapshot returns a copy of the local state.
 func (s *Store) Snapshot() map[string]string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
+	if s.frozen != nil {
+		return s.mergedLocked()
+	}
 	out := make(map[string]string, len(s.data))
 	for k, v := range s.data {
 		out[k] = v
@@ -243,15 +275,25 @@ func (s *Store) Snapshot() map[string]string {
 func (s *Store) Len() int {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return len(s.data)
+	n := len(s.data)
+	if s.frozen != nil {
+		n = len(s.frozen)
+		for k := range s.data {
+			if _, ok := s.frozen[k]; !ok {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // Keys returns the sorted keys.
 func (s *Store) Keys() []string {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	keys := make([]string, 0, len(s.data))
-	for k := range s.data {
+	m := s.mergedLocked()
+	keys := make([]string, 0, len(m))
+	for k := range m {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)

@@ -11,16 +11,15 @@ import (
 	"github.com/embedraft/embedraft"
 )
 
-// The store implements embedraft.StreamSnapshotter: a snapshot is captured
-// as a shallow copy of the map's entries (the strings are shared, not
-// copied) and streamed as records:
+// The store implements embedraft.StreamSnapshotter. Capturing a view is
+// O(1): the map itself is frozen and handed to the view, and writes go to a
+// fresh overlay map until the view is released, when the overlay is merged
+// back (O(writes meanwhile), under the write lock, on the snapshot
+// goroutine). The view is streamed as records:
 //
 //	4 bytes    magic "KVS" + version
 //	uvarint    number of records
 //	records    uvarint len(key), key, uvarint len(value), value
-//
-// TODO(issue 9): a persistent (copy-on-write) map would make the capture
-// O(1) instead of one pass over the map under the read lock.
 var snapMagic = [4]byte{'K', 'V', 'S', 1}
 
 // maxRecordBytes bounds a key or value read back from a snapshot, so a
@@ -29,11 +28,12 @@ const maxRecordBytes = 1 << 30
 
 var _ embedraft.StreamSnapshotter = (*Store)(nil)
 
-type kvPair struct{ key, value string }
-
 type view struct {
-	pairs []kvPair
-	hook  func() // see SetSnapshotWriteHook
+	s      *Store
+	m      map[string]string // read only while the view lives
+	gen    uint64            // the store's gen when m was frozen; 0: m is a copy
+	hook   func()            // see SetSnapshotWriteHook
+	closed bool
 }
 
 // SetSnapshotWriteHook makes every later view's WriteTo call f first; tests
@@ -46,19 +46,22 @@ func (s *Store) SetSnapshotWriteHook(f func()) {
 	s.writeHook.Store(&f)
 }
 
-// CaptureSnapshot copies the map's entries (not their bytes) under the
-// read lock.
+// CaptureSnapshot freezes the map for the view. If an earlier view still
+// holds a frozen map, the view gets a copy of the state instead.
 func (s *Store) CaptureSnapshot() (embedraft.SnapshotView, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	pairs := make([]kvPair, 0, len(s.data))
-	for k, v := range s.data {
-		pairs = append(pairs, kvPair{k, v})
-	}
-	v := &view{pairs: pairs}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := &view{s: s}
 	if f := s.writeHook.Load(); f != nil {
 		v.hook = *f
 	}
+	if s.frozen != nil {
+		v.m = s.mergedLocked()
+		return v, nil
+	}
+	s.gen++
+	s.frozen, s.data = s.data, map[string]string{}
+	v.m, v.gen = s.frozen, s.gen
 	return v, nil
 }
 
@@ -75,26 +78,50 @@ func (v *view) WriteTo(w io.Writer) (int64, error) {
 		bw.WriteString(s)
 	}
 	bw.Write(snapMagic[:])
-	bw.Write(num[:binary.PutUvarint(num[:], uint64(len(v.pairs)))])
-	for _, p := range v.pairs {
-		put(p.key)
-		put(p.value)
+	bw.Write(num[:binary.PutUvarint(num[:], uint64(len(v.m)))])
+	for k, val := range v.m {
+		put(k)
+		put(val)
+		if cw.err != nil {
+			break
+		}
 	}
 	err := bw.Flush() // bufio keeps the first write error
 	return cw.n, err
 }
 
-// Release drops the copy.
-func (v *view) Release() { v.pairs = nil }
+// Release merges the writes made since the capture back into the frozen
+// map, unless the state was replaced meanwhile.
+func (v *view) Release() {
+	if v.closed {
+		return
+	}
+	v.closed = true
+	s := v.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v.gen != 0 && v.gen == s.gen && s.frozen != nil {
+		for k, val := range s.data {
+			s.frozen[k] = val
+		}
+		s.data, s.frozen = s.frozen, nil
+		s.gen++
+	}
+	v.m = nil
+}
 
 type countWriter struct {
-	w io.Writer
-	n int64
+	w   io.Writer
+	n   int64
+	err error
 }
 
 func (c *countWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
+	if err != nil && c.err == nil {
+		c.err = err
+	}
 	return n, err
 }
 
@@ -145,7 +172,8 @@ func (s *Store) RestoreSnapshot(r io.Reader) error {
 		return errors.New("decode snapshot: trailing data")
 	}
 	s.mu.Lock()
-	s.data = m
+	s.data, s.frozen = m, nil
+	s.gen++
 	s.mu.Unlock()
 	s.resets.Add(1)
 	return nil
