@@ -3,6 +3,7 @@ package embedraft
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/raft/v3"
@@ -251,10 +252,51 @@ func (n *Node) expandSnapshot(m *raftpb.Message) error {
 	if err != nil || !isRef {
 		return err
 	}
-	data, err := readStateEnvelope(stateDir(n.cfg.DataDir), ref, n.cfg.MaxSnapshotBytes)
+	data, err := n.snapSend.get(stateDir(n.cfg.DataDir), ref, n.cfg.MaxSnapshotBytes)
 	if err != nil {
 		return err
 	}
 	m.Snapshot.Data = data
 	return nil
+}
+
+// snapSendKeep is how long an expanded snapshot is kept after its last
+// send: raft retries a failed snapshot every heartbeat, and several
+// followers may need the same one.
+const snapSendKeep = 10 * time.Second
+
+// snapSendCache keeps the last snapshot read for sending, so that retries
+// and other followers share one buffer (read-only: rafthttp only encodes
+// it) instead of reading the file again. Its lock makes concurrent
+// expansions wait for one read.
+type snapSendCache struct {
+	mu    sync.Mutex
+	ref   snapRef
+	data  []byte
+	timer *time.Timer // drops data once unused for snapSendKeep
+}
+
+func (c *snapSendCache) get(dir string, ref snapRef, max int64) ([]byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.data == nil || c.ref != ref {
+		c.data = nil // let the old one go before reading the new one
+		data, err := readStateEnvelope(dir, ref, max)
+		if err != nil {
+			return nil, err
+		}
+		c.ref, c.data = ref, data
+	}
+	if c.timer == nil {
+		c.timer = time.AfterFunc(snapSendKeep, c.drop)
+	} else {
+		c.timer.Reset(snapSendKeep)
+	}
+	return c.data, nil
+}
+
+func (c *snapSendCache) drop() {
+	c.mu.Lock()
+	c.data = nil
+	c.mu.Unlock()
 }
