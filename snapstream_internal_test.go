@@ -2,6 +2,7 @@ package embedraft
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -10,6 +11,8 @@ import (
 
 	"go.etcd.io/etcd/raft/v3"
 	"go.etcd.io/etcd/raft/v3/raftpb"
+	"go.etcd.io/etcd/server/v3/wal"
+	"go.uber.org/zap"
 )
 
 func TestParseSnapRef(t *testing.T) {
@@ -128,4 +131,72 @@ func TestCompactIndexBoundsBytes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A damaged newest snapshot whose WAL no longer reaches back to an older
+// one makes openDisk refuse with a clear error, never load it.
+func TestOpenDiskRefusesDamagedSnapshotWithoutFallback(t *testing.T) {
+	defer func(old int64) { wal.SegmentSizeBytes = old }(wal.SegmentSizeBytes)
+	wal.SegmentSizeBytes = 16 << 10
+	lg := zap.NewNop()
+	dir := t.TempDir()
+	d, err := createDisk(lg, dir, walMetadata{NodeID: 1, ClusterID: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const last = 100
+	for i := uint64(1); i <= last; i++ {
+		e := raftpb.Entry{Index: i, Term: 1, Data: bytes.Repeat([]byte{'x'}, 1000)}
+		if err := d.save(raftpb.HardState{Term: 1, Vote: 1, Commit: i}, []raftpb.Entry{e}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ref, err := writeStateFile(stateDir(dir), stateFileName(1, last), []byte(`{"members":{}}`), bytesView("state"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := raftpb.Snapshot{Data: ref.marshal(), Metadata: raftpb.SnapshotMetadata{
+		Index: last, Term: 1, ConfState: raftpb.ConfState{Voters: []uint64{1}}}}
+	if err := d.saveSnapshot(s); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.sync(); err != nil {
+		t.Fatal(err)
+	}
+	d.close()
+	segs, _ := filepath.Glob(filepath.Join(walDir(dir), "*.wal"))
+	if len(segs) < 3 {
+		t.Fatalf("want several wal segments, have %d", len(segs))
+	}
+	if err := os.Remove(segs[0]); err != nil { // as the purger does
+		t.Fatal(err)
+	}
+
+	t.Run("OK intact", func(t *testing.T) {
+		d, rec, err := openDisk(lg, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.close()
+		if rec.snapshot.Metadata.Index != last {
+			t.Fatalf("recovered snapshot %d, want %d", rec.snapshot.Metadata.Index, last)
+		}
+	})
+	t.Run("ErrDamaged", func(t *testing.T) {
+		path := filepath.Join(stateDir(dir), ref.File)
+		b, _ := os.ReadFile(path)
+		b[len(b)-6] ^= 1
+		if err := os.WriteFile(path, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		d, _, err := openDisk(lg, dir)
+		if err == nil {
+			d.close()
+			t.Fatalf("opened a data directory whose only snapshot is corrupt")
+		}
+		if !errors.Is(err, ErrStorage) || !strings.Contains(err.Error(), "newest snapshot is unusable") {
+			t.Fatalf("unclear error: %v", err)
+		}
+		t.Log(err)
+	})
 }
