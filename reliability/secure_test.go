@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -92,6 +93,7 @@ func idempotentRetriesAfter(r *run) {
 	}
 	want := strconv.Itoa(s.acked)
 	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: r.c.ClientTLS()}}
+	inc.replay(r, client)
 	for _, n := range r.c.Members() {
 		code, b, err := get(client, n.URL()+"/kv/counter")
 		if err != nil || code != 200 || string(b) != want {
@@ -131,8 +133,10 @@ type incrementer struct {
 
 	mu       sync.Mutex
 	s        incStats
-	vals     []int    // the counter value each 2xx answer reported
-	rejected []string // the 4xx answers
+	vals     []int          // the counter value each 2xx answer reported
+	byKey    map[string]int // the same, by Idempotency-Key
+	retried  []string       // keys of increments answered 2xx after a retry
+	rejected []string       // the 4xx answers
 }
 
 type incStats struct {
@@ -218,6 +222,13 @@ func (inc *incrementer) increment(client *http.Client, rng *rand.Rand, key strin
 				inc.rejected = append(inc.rejected, fmt.Sprintf("%s on node %d: 2xx with an unreadable answer %q", key, n.Index, body))
 			}
 			inc.vals = append(inc.vals, v)
+			if inc.byKey == nil {
+				inc.byKey = map[string]int{}
+			}
+			inc.byKey[key] = v
+			if attempt > 0 {
+				inc.retried = append(inc.retried, key)
+			}
 			inc.mu.Unlock()
 			return
 		default: // 4xx: definitely not applied (or its first outcome was a 4xx)
@@ -230,6 +241,42 @@ func (inc *incrementer) increment(client *http.Client, rng *rand.Rand, key strin
 		time.Sleep(time.Duration(20+rng.IntN(80)) * time.Millisecond)
 	}
 	inc.count(func(s *incStats) { s.gaveUp++ })
+}
+
+// replay sends every retried increment, and a sample of the others, once
+// more with its key to some member: each must get 2xx with the value it got
+// first, and not be applied again (the counter is checked after).
+func (inc *incrementer) replay(r *run, client *http.Client) {
+	inc.mu.Lock()
+	keys := append([]string(nil), inc.retried...)
+	nRetried := len(keys)
+	var others []string
+	for k := range inc.byKey {
+		others = append(others, k)
+	}
+	byKey := maps.Clone(inc.byKey)
+	inc.mu.Unlock()
+	keys = append(keys, spread(others, 20)...)
+	members := r.c.Members()
+	bad := 0
+	for i, k := range keys {
+		n := members[i%len(members)]
+		code, body, err := postAdd(client, n.URL(), k)
+		var env struct {
+			Data struct {
+				Value string `json:"value"`
+			} `json:"data"`
+		}
+		if err == nil {
+			err = json.Unmarshal(body, &env)
+		}
+		if err != nil || code != 200 || env.Data.Value != strconv.Itoa(byKey[k]) {
+			if bad++; bad <= 5 {
+				r.t.Errorf("replay of %s on node %d: %d %v %s, want 200 with value %d", k, n.Index, code, err, body, byKey[k])
+			}
+		}
+	}
+	r.t.Logf("replayed %d increment keys (%d of them retried during the run): %d answered otherwise than the first time", len(keys), nRetried, bad)
 }
 
 func postAdd(client *http.Client, base, key string) (int, []byte, error) {
