@@ -320,3 +320,19 @@ func (h *heardTracker) after(id uint64, t time.Time) bool {
 	h.mu.RUnlock()
 	return a != nil && a.Load() > t.UnixNano()
 }
+
+// lostLogEvidence tracks how long heartbeats have committed past this
+// member's log without a break.
+type lostLogEvidence struct {
+	since atomic.Int64 // unix nanos of the first such heartbeat; 0: none
+}
+
+// persists records one such heartbeat and reports whether they have come
+// for at least d.
+func (e *lostLogEvidence) persists(d time.Duration) bool {
+	now := time.Now().UnixNano()
+	e.since.CompareAndSwap(0, now)
+	return now-e.since.Load() >= int64(d)
+}
+
+func (e *lostLogEvidence) clear() { e.since.Store(0) }

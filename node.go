@@ -117,6 +117,7 @@ type Node struct {
 	// was wiped (it would otherwise vote for a stale candidate).
 	voteGate       atomic.Bool
 	bootstrapIndex uint64
+	lostLog        lostLogEvidence // heartbeats beyond the log, while gated
 	// standaloneMarked is set once DataDir records that this node has
 	// applied writes in standalone mode (see markStandaloneWrite).
 	standaloneMarked atomic.Bool

@@ -233,7 +233,10 @@ func (n *Node) checkPeerMessage(m raftpb.Message) string {
 		// or a member that lost its log gets here.
 		last, err := n.storage.LastIndex()
 		if err != nil || m.Commit > last {
-			if n.voteGate.Load() {
+			// A gated member (bootstrapped empty, unvouched) that keeps
+			// hearing this for an election timeout had a log it lost; a
+			// single such heartbeat could be a forgery.
+			if n.voteGate.Load() && n.lostLog.persists(time.Duration(n.cfg.ElectionTicks)*n.cfg.TickInterval) {
 				go n.stop(fmt.Errorf("%w: leader %d (term %d) says this member has the log up to %d, but "+
 					"it has %d entries: its data directory was wiped; remove it (POST /raft/api/deleteNode "+
 					"{\"id\":%d}) and join again with an empty data directory",
@@ -241,6 +244,7 @@ func (n *Node) checkPeerMessage(m raftpb.Message) string {
 			}
 			return fmt.Sprintf("heartbeat commits %d, beyond this member's log (%d)", m.Commit, last)
 		}
+		n.lostLog.clear()
 	case raftpb.MsgVote, raftpb.MsgPreVote:
 		if n.voteGate.Load() && (m.LogTerm > 1 || m.Index > n.bootstrapIndex) {
 			return "this member bootstrapped with an empty data directory that no peer vouched for; " +

@@ -23,7 +23,7 @@ import (
 // refuseWithin bounds how long a start that must be refused may run.
 const refuseWithin = 15 * time.Second
 
-var operatorScenarios = []scenario{
+var operatorScenarios = append([]scenario{
 	{name: "wipe-static-voter", fault: func(r *run) {
 		f := r.follower()
 		id := r.statusOf(f).ID
@@ -51,7 +51,8 @@ var operatorScenarios = []scenario{
 	{name: "move-member", fault: moveMember},
 	{name: "quorum-loss-force-new-cluster", fault: quorumLossForceNewCluster},
 	{name: "rolling-restart", fault: rollingRestart, after: rollingRestartAfter},
-}
+	{name: "idempotent-retries", fault: idempotentRetries, after: idempotentRetriesAfter},
+}, tlsScenarios()...) // secure_test.go
 
 // TestOperator runs every operator-mistake scenario once, short.
 func TestOperator(t *testing.T) {

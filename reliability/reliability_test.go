@@ -67,6 +67,8 @@ type run struct {
 	mu     sync.Mutex
 	avoid  map[*chaos.Node]bool
 	paused bool
+	// counter is the idempotent-retries scenario's increment clients.
+	counter *incrementer
 }
 
 // targets are the running nodes clients may use.
@@ -101,6 +103,8 @@ type scenario struct {
 	after func(r *run)
 	// form starts the cluster (nil: chaos.NewCluster, a static cluster).
 	form func(testing.TB, chaos.Options) *chaos.Cluster
+	// tls runs the cluster over mutual TLS (chaos.Options.TLS).
+	tls bool
 }
 
 var scenarios = []scenario{
@@ -289,9 +293,9 @@ func runScenario(t *testing.T, sc scenario, seed uint64, traffic time.Duration) 
 	if sc.form != nil {
 		form = sc.form
 	}
-	c := form(t, chaos.Options{Bin: demoBin, Size: 3, Spare: sc.spare, SnapshotCount: sc.snap, LogDir: logDir})
+	c := form(t, chaos.Options{Bin: demoBin, Size: 3, Spare: sc.spare, SnapshotCount: sc.snap, LogDir: logDir, TLS: sc.tls})
 	r := &run{t: t, c: c, rng: rand.New(rand.NewPCG(seed, 7)), expectMembers: 3, avoid: map[*chaos.Node]bool{}}
-	w := &chaos.Workload{Clients: 6, HotKeys: 4, Targets: r.targets, Start: time.Now()}
+	w := &chaos.Workload{Clients: 6, HotKeys: 4, Targets: r.targets, Start: time.Now(), TLS: c.ClientTLS()}
 	r.w = w
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel) // a scenario that stops early stops its clients too

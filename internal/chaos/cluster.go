@@ -3,6 +3,7 @@ package chaos
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -20,6 +21,9 @@ type Options struct {
 	Spare         int    // extra slots for nodes that join later
 	SnapshotCount int    // -snapshot-count (default 200)
 	LogDir        string // where node logs go (default a test temp dir)
+	// TLS runs every node over mutual TLS with certificates of one
+	// throwaway CA (see tls.go); nodes advertise https:// URLs.
+	TLS bool
 }
 
 // Cluster is a set of demo processes wired through a proxy per direction
@@ -30,6 +34,8 @@ type Cluster struct {
 	Nodes   []*Node           // all slots; Nodes[i].Index == i+1
 	proxies map[[3]int]*Proxy // {from, to, to's port} -> proxy
 	opt     Options
+
+	tls *clusterTLS // nil without Options.TLS
 
 	stopMon chan struct{}
 	monDone chan struct{}
@@ -93,16 +99,27 @@ func newSlots(t testing.TB, opt Options) *Cluster {
 	c := &Cluster{T: t, opt: opt, proxies: map[[3]int]*Proxy{}, leaders: map[uint64]map[uint64]bool{}}
 	total := opt.Size + opt.Spare
 	base := t.TempDir()
-	ports, err := freePorts(total)
+	scheme := "http"
+	if opt.TLS {
+		var err error
+		if c.tls, err = newClusterTLS(filepath.Join(base, "tls"), total); err != nil {
+			t.Fatal(err)
+		}
+		scheme = "https"
+	}
+	held, err := holdPorts(total)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for i := 1; i <= total; i++ {
-		port := ports[i-1]
+		port := held[i-1].Addr().(*net.TCPAddr).Port
 		n := &Node{
-			Index: i, port: port, url: fmt.Sprintf("http://127.0.0.1:%d", port),
+			Index: i, port: port, scheme: scheme, url: fmt.Sprintf("%s://127.0.0.1:%d", scheme, port),
 			Dir: filepath.Join(base, fmt.Sprintf("n%d", i)), LogPath: filepath.Join(opt.LogDir, fmt.Sprintf("n%d.log", i)),
-			bin: opt.Bin,
+			bin: opt.Bin, held: []net.Listener{held[i-1]},
+		}
+		if c.tls != nil {
+			n.tlsArgs, n.client = c.tls.nodeArgs[i-1], c.tls.admin
 		}
 		c.Nodes = append(c.Nodes, n)
 		if err := n.reserveSpare(); err != nil {
@@ -122,7 +139,7 @@ func newSlots(t testing.TB, opt Options) *Cluster {
 					t.Fatal(err)
 				}
 				c.proxies[[3]int{from.Index, to.Index, port}] = p
-				dial = append(dial, fmt.Sprintf("http://127.0.0.1:%d=http://%s", port, p.Addr()))
+				dial = append(dial, fmt.Sprintf("%s://127.0.0.1:%d=%s://%s", scheme, port, scheme, p.Addr()))
 			}
 		}
 		from.env = []string{"EMBEDRAFT_TEST_DIAL=" + strings.Join(dial, ",")}

@@ -32,7 +32,7 @@ func (n *Node) Move() error {
 		return fmt.Errorf("node %d is running; stop it before moving it", n.Index)
 	}
 	n.port, n.sparePort = n.sparePort, n.port
-	n.url = fmt.Sprintf("http://127.0.0.1:%d", n.port)
+	n.url = fmt.Sprintf("%s://127.0.0.1:%d", n.scheme, n.port)
 	// The old port is left free, not held: a peer still dialing it must be
 	// refused, as after a real move. A held listener would accept and never
 	// answer, and rafthttp's stream dials (no response timeout) would hang

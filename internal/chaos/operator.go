@@ -64,7 +64,7 @@ func (n *Node) Peers(ctx context.Context) (PeerList, error) {
 	var env struct {
 		Data PeerList `json:"data"`
 	}
-	err := getJSON(ctx, n.URL()+"/raft/api/getPeerList", &env)
+	err := n.getJSON(ctx, n.URL()+"/raft/api/getPeerList", &env)
 	return env.Data, err
 }
 

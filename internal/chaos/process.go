@@ -63,19 +63,23 @@ func moduleRoot() (string, error) {
 	return filepath.Dir(mod), nil
 }
 
-// freePorts returns n distinct loopback ports that were free a moment ago.
-// The listeners are held until all n are chosen, so no port comes twice.
-func freePorts(n int) ([]int, error) {
-	ports := make([]int, 0, n)
+// holdPorts returns n listeners on distinct loopback ports. The harness
+// holds each until the first process that needs its port starts (see
+// freeHeldPort), so the proxies and other processes cannot take the port
+// meanwhile.
+func holdPorts(n int) ([]net.Listener, error) {
+	lns := make([]net.Listener, 0, n)
 	for range n {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
 			return nil, err
 		}
-		defer ln.Close()
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+		lns = append(lns, ln)
 	}
-	return ports, nil
+	return lns, nil
 }
 
 // Node is one demo process slot: a fixed port and data directory, started
@@ -89,7 +93,13 @@ type Node struct {
 	env  []string
 	mu   sync.Mutex
 	port int    // where the next start listens (Move swaps it)
-	url  string // http://127.0.0.1:port
+	url  string // scheme://127.0.0.1:port
+	// scheme is http, or https with tlsArgs (-cert, -key, -ca) given to
+	// every start; client is what the harness talks to the node with (nil:
+	// adminClient).
+	scheme  string
+	tlsArgs []string
+	client  *http.Client
 	// sparePort is the other address the slot may move to; every other
 	// node's dial map routes it through a proxy too. held are listeners
 	// keeping the slot's unused port(s) from being taken (see move.go).
@@ -112,7 +122,7 @@ func (n *Node) Port() int {
 	return n.port
 }
 
-// URL is the node's advertised URL, http://127.0.0.1:Port.
+// URL is the node's advertised URL, http(s)://127.0.0.1:Port.
 func (n *Node) URL() string {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -165,7 +175,8 @@ func (n *Node) Start(args ...string) error {
 		return err
 	}
 	n.freeHeldPort() // after a Move, the harness holds the port this start needs
-	all := append([]string{"-addr", fmt.Sprintf("127.0.0.1:%d", n.port), "-data", n.Dir}, n.args...)
+	all := append([]string{"-addr", fmt.Sprintf("127.0.0.1:%d", n.port), "-data", n.Dir}, n.tlsArgs...)
+	all = append(all, n.args...)
 	cmd := exec.Command(n.bin, all...)
 	n.stderr, n.logOff = &tailBuffer{}, off
 	cmd.Stdout, cmd.Stderr = f, io.MultiWriter(f, n.stderr)
@@ -252,14 +263,23 @@ func (n *Node) Status(ctx context.Context) (Status, error) {
 	var env struct {
 		Data Status `json:"data"`
 	}
-	err := getJSON(ctx, n.URL()+"/raft/api/status", &env)
+	err := n.getJSON(ctx, n.URL()+"/raft/api/status", &env)
 	return env.Data, err
+}
+
+// httpClient is what the harness's own calls to the node use: with TLS,
+// it trusts the cluster's CA and presents an admin client certificate.
+func (n *Node) httpClient() *http.Client {
+	if n.client != nil {
+		return n.client
+	}
+	return adminClient
 }
 
 // State fetches the node's whole key-value map (local read).
 func (n *Node) State(ctx context.Context) (map[string]string, error) {
 	m := map[string]string{}
-	err := getJSON(ctx, n.URL()+"/kv?consistency=local", &m)
+	err := n.getJSON(ctx, n.URL()+"/kv?consistency=local", &m)
 	return m, err
 }
 
@@ -270,7 +290,7 @@ func (n *Node) Post(ctx context.Context, path string, body any) (int, []byte, er
 	if err != nil {
 		return 0, nil, err
 	}
-	resp, err := adminClient.Do(req)
+	resp, err := n.httpClient().Do(req)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -280,12 +300,12 @@ func (n *Node) Post(ctx context.Context, path string, body any) (int, []byte, er
 	return resp.StatusCode, buf.Bytes(), nil
 }
 
-func getJSON(ctx context.Context, url string, v any) error {
+func (n *Node) getJSON(ctx context.Context, url string, v any) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := adminClient.Do(req)
+	resp, err := n.httpClient().Do(req)
 	if err != nil {
 		return err
 	}

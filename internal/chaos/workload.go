@@ -3,6 +3,7 @@ package chaos
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,6 +43,7 @@ type Workload struct {
 	Start    time.Time      // the history's time origin
 	Timeout  time.Duration  // per request (default 3s)
 	ReadFrac float64        // share of hot-key reads (default 0.4)
+	TLS      *tls.Config    // for https nodes (Cluster.ClientTLS); nil for http
 
 	mu       sync.Mutex
 	ops      []porcupine.Operation
@@ -87,7 +89,7 @@ func (w *Workload) Run(ctx context.Context) {
 	if w.ReadFrac == 0 {
 		w.ReadFrac = 0.4
 	}
-	w.client = &http.Client{Timeout: w.Timeout, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	w.client = &http.Client{Timeout: w.Timeout, Transport: &http.Transport{MaxIdleConnsPerHost: 64, TLSClientConfig: w.TLS}}
 	var wg sync.WaitGroup
 	for c := range w.Clients {
 		wg.Add(1)
