@@ -49,7 +49,10 @@ type applier struct {
 	// snapDone is set while a snapshot goroutine runs (snapshot.go); it
 	// reports the outcome. If the snapshot at snapJob fails, snapPrev and
 	// snapPrevNow restore snapIndex and snapNow.
-	snapDone    chan error
+	snapDone chan error
+	// backupView is closed when the backup holding the service's snapshot
+	// view releases it (backup.go); nil when none holds it.
+	backupView  chan struct{}
 	snapJob     uint64
 	snapPrev    uint64
 	snapPrevNow bool

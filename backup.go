@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/embedraft/embedraft/transport"
@@ -30,7 +31,7 @@ import (
 //	32 bytes   SHA-256 of every byte before it
 //
 // The service's bytes come last and carry no length, so a writer that
-// streams them (issue 9) need not know their size in advance; a reader
+// streams them (a StreamSnapshotter view) need not know their size in advance; a reader
 // finds their end 32 bytes before the end of the file. A truncated or
 // corrupted file fails the checksum.
 var backupMagic = [8]byte{'E', 'R', 'B', 'A', 'C', 'K', 'U', 'P'}
@@ -60,6 +61,10 @@ type BackupInfo struct {
 	// Membership is the replicated membership at Index, as snapshots store
 	// it (members, roles, removed ids).
 	Membership json.RawMessage `json:"membership"`
+	// Streamed is true when the service's part was written by a
+	// StreamSnapshotter's view (restored with RestoreSnapshot), false when
+	// it is GetSnapshot's bytes (restored with ResetSnap).
+	Streamed bool `json:"streamed,omitempty"`
 	// Bytes is the size of the whole file, and ServiceBytes that of the
 	// service's part; neither is stored in the metadata.
 	Bytes        int64 `json:"-"`
@@ -69,21 +74,34 @@ type BackupInfo struct {
 // stateCapture is a point-in-time view of the replicated state. It is taken
 // quickly where no write can interleave (the apply goroutine, or under the
 // standalone gate) and written out later from another goroutine while
-// writes go on. Today the service's part is the bytes of GetSnapshot; a
-// streaming snapshot extension (issue 9) would put its point-in-time
-// writer here instead, and only writeService changes.
+// writes go on. For a service that implements StreamSnapshotter the
+// service's part is streamed from its point-in-time view (never one buffer;
+// the view is shared with the automatic snapshots, one at a time); for
+// others it is the bytes of GetSnapshot.
 type stateCapture struct {
 	mode        string
 	clusterID   uint64
 	index, term uint64
 	members     []byte
 	service     []byte
+	// view, when the service implements StreamSnapshotter, replaces
+	// service: its state is streamed from the view, which release frees.
+	view    SnapshotView
+	release func()
 }
 
 func (c *stateCapture) writeService(w io.Writer) (int64, error) {
+	if c.view != nil {
+		defer c.release()
+		return c.view.WriteTo(w)
+	}
 	n, err := w.Write(c.service)
 	return int64(n), err
 }
+
+// errViewBusy: the service's one snapshot view is held (by a snapshot being
+// written, or another backup); the capture is asked again shortly.
+var errViewBusy = errors.New("snapshot view busy")
 
 // backupRequest asks the apply loop for a capture; reply is buffered so
 // that the loop never waits for the caller.
@@ -101,9 +119,27 @@ type captureResult struct {
 // use (maybeSnapshot).
 func (a *applier) captureState() captureResult {
 	n := a.n
-	data, err := n.svc.GetSnapshot()
-	if err != nil {
-		return captureResult{err: fmt.Errorf("backup: service snapshot: %w", err)}
+	var data []byte
+	var view SnapshotView
+	var release func()
+	if ss, ok := n.svc.(StreamSnapshotter); ok {
+		// The contract promises the service one view at a time.
+		if a.snapDone != nil || !a.backupViewFree() {
+			return captureResult{err: errViewBusy}
+		}
+		v, err := ss.CaptureSnapshot()
+		if err != nil {
+			return captureResult{err: fmt.Errorf("backup: service snapshot: %w", err)}
+		}
+		done := make(chan struct{})
+		var once sync.Once
+		view, release = v, func() { once.Do(func() { v.Release(); close(done) }) }
+		a.backupView = done
+	} else {
+		var err error
+		if data, err = n.svc.GetSnapshot(); err != nil {
+			return captureResult{err: fmt.Errorf("backup: service snapshot: %w", err)}
+		}
 	}
 	// Applied entries are in MemoryStorage (appended before they are
 	// handed to us) and compaction keeps at least the applied one.
@@ -113,8 +149,22 @@ func (a *applier) captureState() captureResult {
 	}
 	return captureResult{capture: stateCapture{
 		mode: ModeCluster, clusterID: n.clusterID.Load(), index: a.appliedIndex, term: term,
-		members: n.snapshotMembers(), service: data,
+		members: n.snapshotMembers(), service: data, view: view, release: release,
 	}}
+}
+
+// backupViewFree reports whether no backup holds the service's view.
+func (a *applier) backupViewFree() bool {
+	if a.backupView == nil {
+		return true
+	}
+	select {
+	case <-a.backupView:
+		a.backupView = nil
+		return true
+	default:
+		return false
+	}
 }
 
 // Backup writes a consistent copy of the whole replicated state (the
@@ -158,6 +208,7 @@ func (n *Node) prepareBackup(ctx context.Context) (*preparedBackup, error) {
 		Term:       c.term,
 		Created:    time.Now().UTC(),
 		Membership: c.members,
+		Streamed:   c.view != nil,
 	}
 	meta, err := json.Marshal(info)
 	if err != nil {
@@ -168,8 +219,11 @@ func (n *Node) prepareBackup(ctx context.Context) (*preparedBackup, error) {
 	header = binary.BigEndian.AppendUint32(header, backupVersion)
 	header = binary.BigEndian.AppendUint32(header, uint32(len(meta)))
 	header = append(header, meta...)
-	info.ServiceBytes = int64(len(c.service))
-	info.Bytes = int64(len(header)) + info.ServiceBytes + backupSumBytes
+	info.ServiceBytes, info.Bytes = -1, -1 // a streamed view's size is known once written
+	if c.view == nil {
+		info.ServiceBytes = int64(len(c.service))
+		info.Bytes = int64(len(header)) + info.ServiceBytes + backupSumBytes
+	}
 	return &preparedBackup{info: info, header: header, capture: c}, nil
 }
 
@@ -215,26 +269,41 @@ func (n *Node) captureCluster(ctx context.Context) (stateCapture, error) {
 	if err := n.LinearizableRead(ctx); err != nil {
 		return stateCapture{}, fmt.Errorf("backup: %w", err)
 	}
-	reply := make(chan captureResult, 1)
-	select {
-	case n.backupc <- backupRequest{reply: reply}:
-	case <-ctx.Done():
-		return stateCapture{}, fmt.Errorf("backup: %w", ctx.Err())
-	case <-n.stopc:
-		return stateCapture{}, ErrStopped
-	}
-	select {
-	case r := <-reply:
-		return r.capture, r.err
-	case <-ctx.Done():
-		return stateCapture{}, fmt.Errorf("backup: %w", ctx.Err())
-	case <-n.stopc:
-		return stateCapture{}, ErrStopped
+	for {
+		reply := make(chan captureResult, 1)
+		select {
+		case n.backupc <- backupRequest{reply: reply}:
+		case <-ctx.Done():
+			return stateCapture{}, fmt.Errorf("backup: %w", ctx.Err())
+		case <-n.stopc:
+			return stateCapture{}, ErrStopped
+		}
+		var r captureResult
+		select {
+		case r = <-reply:
+		case <-ctx.Done():
+			return stateCapture{}, fmt.Errorf("backup: %w", ctx.Err())
+		case <-n.stopc:
+			return stateCapture{}, ErrStopped
+		}
+		if !errors.Is(r.err, errViewBusy) {
+			return r.capture, r.err
+		}
+		select { // a snapshot or another backup is writing the view
+		case <-time.After(20 * time.Millisecond):
+		case <-ctx.Done():
+			return stateCapture{}, fmt.Errorf("backup: waiting for the snapshot being written: %w", ctx.Err())
+		case <-n.stopc:
+			return stateCapture{}, ErrStopped
+		}
 	}
 }
 
 // writeTo writes the file: header, service bytes, checksum.
 func (b *preparedBackup) writeTo(w io.Writer) error {
+	if b.capture.release != nil {
+		defer b.capture.release() // also when the header cannot be written
+	}
 	h := sha256.New()
 	mw := io.MultiWriter(w, h)
 	if _, err := mw.Write(b.header); err != nil {
@@ -263,7 +332,9 @@ func (n *Node) handleBackup(w http.ResponseWriter, r *http.Request) {
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Content-Disposition", fmt.Sprintf("attachment; filename=embedraft-%s-%d.backup", b.info.ClusterID, b.info.Index))
-	h.Set("Content-Length", strconv.FormatInt(b.info.Bytes, 10))
+	if b.info.Bytes >= 0 {
+		h.Set("Content-Length", strconv.FormatInt(b.info.Bytes, 10))
+	}
 	h.Set(transport.HeaderIndex, strconv.FormatUint(b.info.Index, 10))
 	if err := b.writeTo(w); err != nil {
 		n.log.Warn("backup not sent in full", "index", b.info.Index, "err", err)
@@ -345,7 +416,17 @@ func (n *Node) restoreBackup() error {
 	if err != nil {
 		return fmt.Errorf("restore %s: %w", file, err)
 	}
-	if err := n.svc.ResetSnap(service); err != nil {
+	if info.Streamed {
+		ss, ok := n.svc.(StreamSnapshotter)
+		if !ok {
+			return fmt.Errorf("%w: Restore %s: the backup was streamed by a StreamSnapshotter service, and "+
+				"this service does not implement it", ErrInvalidConfig, file)
+		}
+		err = ss.RestoreSnapshot(bytes.NewReader(service))
+	} else {
+		err = n.svc.ResetSnap(service)
+	}
+	if err != nil {
 		return fmt.Errorf("%w: Restore %s: the service refused the state: %v", ErrInvalidConfig, file, err)
 	}
 	n.log.Info("loaded backup; starting a new one-member cluster from it", "file", file,

@@ -50,6 +50,9 @@ type snapshotJob struct {
 // about the snapshot does.
 func (a *applier) maybeSnapshot() {
 	n := a.n
+	if !a.backupViewFree() {
+		return // a backup is streaming the service's one view
+	}
 	if a.snapDone != nil {
 		select {
 		case err := <-a.snapDone:
