@@ -34,12 +34,16 @@ type Leaf struct {
 
 // NewCA returns a new self-signed CA named name.
 func NewCA(name string) (*CA, error) {
+	sn, err := serial()
+	if err != nil {
+		return nil, err
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
+		SerialNumber:          sn,
 		Subject:               pkix.Name{CommonName: name},
 		NotBefore:             time.Now().Add(-time.Hour),
 		NotAfter:              time.Now().Add(24 * time.Hour),
@@ -61,12 +65,16 @@ func NewCA(name string) (*CA, error) {
 // Leaf issues a certificate for server and client authentication whose
 // SANs are hosts (IP addresses or DNS names).
 func (ca *CA) Leaf(name string, hosts ...string) (*Leaf, error) {
+	sn, err := serial()
+	if err != nil {
+		return nil, err
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
+		SerialNumber: sn,
 		Subject:      pkix.Name{CommonName: name},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
@@ -121,10 +129,10 @@ func WriteFile(path string, b []byte) error {
 	return os.Rename(tmp, path)
 }
 
-func serial() *big.Int {
+func serial() (*big.Int, error) {
 	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
 	if err != nil {
-		panic(err) // crypto/rand does not fail on supported platforms
+		return nil, fmt.Errorf("certificate serial: %w", err)
 	}
-	return n
+	return n, nil
 }
