@@ -11,31 +11,17 @@ import (
 	"sync"
 	"text/tabwriter"
 	"time"
+
+	"github.com/embedraft/embedraft"
 )
 
-// peerList is the data of GET /raft/api/getPeerList.
-type peerList struct {
-	Leader uint64              `json:"leader"`
-	Peers  map[string]peerInfo `json:"peers"`
-}
-
-type peerInfo struct {
-	ID   uint64 `json:"id"`
-	Addr string `json:"addr"`
-	Role string `json:"role"`
-}
-
-// nodeStatus is the data of GET /raft/api/status.
-type nodeStatus struct {
-	ID        uint64 `json:"id"`
-	ClusterID string `json:"cluster_id"`
-	Mode      string `json:"mode"`
-	State     string `json:"state"`
-	Leader    uint64 `json:"leader"`
-	Term      uint64 `json:"term"`
-	Commit    uint64 `json:"commit"`
-	Applied   uint64 `json:"applied"`
-}
+// The routes' data, as the library defines it: any service built on it
+// answers these shapes.
+type (
+	peerList   = embedraft.PeerList // GET /raft/api/getPeerList
+	peerInfo   = embedraft.NodeInfo // one member of it
+	nodeStatus = embedraft.Status   // GET /raft/api/status
+)
 
 // memberStatus is one row of the status command.
 type memberStatus struct {
