@@ -333,10 +333,9 @@ func (n *Node) servePeer(w http.ResponseWriter, r *http.Request) {
 	}
 	switch {
 	case r.URL.Path == "/raft/snapshot":
-		// rafthttp's streaming snapshot route writes its body to a file
-		// before the message is checked; embedraft sends snapshots as one
-		// message on /raft, so the route is refused.
-		writeJSON(w, nil, fmt.Errorf("%w: embedraft does not use rafthttp's snapshot route", ErrNotFound))
+		// rafthttp's own handler writes the body to a file before it looks
+		// at the message: snapshots are received by receiveSnapshot.
+		n.receiveSnapshot(w, r)
 		return
 	case r.URL.Path == "/raft" && r.Method == http.MethodPost:
 		n.boundPipelineBody(w, r)

@@ -214,7 +214,7 @@ func TestClusterBadInput(t *testing.T) {
 		{"propose too large", "/raft/node/propose", strings.Repeat("x", 5000),
 			map[string]string{"X-Embedraft-Cluster-Id": leader.Node.Status().ClusterID}, 413, "too large"},
 		{"raft garbage", "/raft", "\x00\x01garbage", nil, 0, ""},
-		{"snapshot route", "/raft/snapshot", "\x00\x00\x00\x80\x00\x00\x00\x00rest", nil, 404, "snapshot route"},
+		{"snapshot without cluster id", "/raft/snapshot", "\x00\x00\x00\x80\x00\x00\x00\x00rest", nil, 412, "cluster ID mismatch"},
 		{"unknown route", "/raft/api/nope", "{}", nil, 404, "no route"},
 	}
 	for _, m := range []*tc.Member{leader, f} {

@@ -139,11 +139,12 @@ type Config struct {
 	// MaxRequestBytes bounds a write's body. Default 1.5 MiB.
 	MaxRequestBytes int64
 
-	// MaxSnapshotBytes bounds the largest message a peer may send this
-	// node: a snapshot (the service's whole state and the membership, sent
-	// as one message) or an append carrying a switchover's init entry.
-	// Larger state cannot be replicated to a new or lagging member. Other
-	// peer messages are bounded at 64 KiB. Default 512 MiB.
+	// MaxSnapshotBytes bounds what a peer may send this node at once: a
+	// snapshot (the service's whole state and the membership, streamed to
+	// a state file, never held in memory) or an append carrying a
+	// switchover's init entry. Larger state cannot be replicated to a new
+	// or lagging member. Other peer messages are bounded at 64 KiB.
+	// Default 512 MiB.
 	MaxSnapshotBytes int64
 
 	// LeaderWait bounds how long a write waits for a leader to be known

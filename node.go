@@ -90,7 +90,6 @@ type Node struct {
 	applyc    chan applyBatch
 	propc     chan proposal // writes waiting for proposeLoop
 	snapReqc  chan snapshotRequest
-	snapSend  snapSendCache      // snapshot.go: the envelope being sent to followers
 	backupc   chan backupRequest // backup.go: captures served by the apply loop
 	purgeDone <-chan struct{}
 

@@ -163,24 +163,46 @@ type peerRaft struct{ n *Node }
 // connection): 403 tells a removed member it was removed, 503 asks the
 // sender to retry.
 func (p peerRaft) Process(ctx context.Context, m raftpb.Message) error {
-	select {
-	case <-p.n.stopc:
-		return peerError{http.StatusServiceUnavailable, ErrStopped.Error()}
-	default:
+	return p.n.stepPeer(ctx, m, nil)
+}
+
+// stepPeer checks a peer's message and steps it. members is the membership
+// of a streamed snapshot, already read from the state file it was received
+// into (snaptransfer.go); nil for a message that carries its data.
+func (n *Node) stepPeer(ctx context.Context, m raftpb.Message, members []byte) error {
+	if err := n.admitPeer(m); err != nil {
+		return err
 	}
-	if p.n.reg.isRemoved(m.From) {
-		return peerError{http.StatusForbidden, "the member has been permanently removed from the cluster"}
-	}
-	if reason := p.n.checkPeerMessage(m); reason != "" {
-		p.n.metrics.peerMessageRefused()
+	if reason := n.checkPeerMessage(m, members); reason != "" {
+		n.metrics.peerMessageRefused()
 		return peerError{http.StatusBadRequest, "refused raft message: " + reason}
 	}
-	p.n.heard.touch(m.From)
-	if err := p.n.rn.Step(ctx, m); err != nil {
+	n.heard.touch(m.From)
+	if err := n.rn.Step(ctx, m); err != nil {
 		return peerError{http.StatusServiceUnavailable, err.Error()}
 	}
 	return nil
 }
+
+// admitPeer refuses a message this node cannot take whatever it holds: the
+// node is stopping, the sender was removed, or the message is not from a
+// peer to this node (checkPeerSender).
+func (n *Node) admitPeer(m raftpb.Message) error {
+	select {
+	case <-n.stopc:
+		return peerError{http.StatusServiceUnavailable, ErrStopped.Error()}
+	default:
+	}
+	if n.reg.isRemoved(m.From) {
+		return peerError{http.StatusForbidden, "the member has been permanently removed from the cluster"}
+	}
+	if reason := n.checkPeerSender(m); reason != "" {
+		n.metrics.peerMessageRefused()
+		return peerError{http.StatusBadRequest, "refused raft message: " + reason}
+	}
+	return nil
+}
+
 func (p peerRaft) IsIDRemoved(id uint64) bool  { return p.n.reg.isRemoved(id) }
 func (p peerRaft) ReportUnreachable(id uint64) { p.n.rn.ReportUnreachable(id) }
 func (p peerRaft) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
@@ -192,7 +214,16 @@ func (p peerRaft) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
 // carries messages from raft. It is no substitute for the cluster token: a
 // well-formed message from someone who can reach the peer routes is still
 // believed.
-func (n *Node) checkPeerMessage(m raftpb.Message) string {
+func (n *Node) checkPeerMessage(m raftpb.Message, streamedMembers []byte) string {
+	if reason := n.checkPeerSender(m); reason != "" {
+		return reason
+	}
+	return n.checkPeerContent(m, streamedMembers)
+}
+
+// checkPeerSender checks what every peer message must satisfy, whatever
+// its type: addressed to this node, from a peer, of a type peers send.
+func (n *Node) checkPeerSender(m raftpb.Message) string {
 	switch {
 	case m.To != n.id:
 		return "addressed to another member"
@@ -212,9 +243,19 @@ func (n *Node) checkPeerMessage(m raftpb.Message) string {
 	if tr := n.peerTr.Load(); tr == nil || tr.Get(typesID(m.From)) == nil {
 		return "sender is not a peer"
 	}
+	return ""
+}
+
+// checkPeerContent checks a message's content by its type.
+func (n *Node) checkPeerContent(m raftpb.Message, streamedMembers []byte) string {
 	switch m.Type {
 	case raftpb.MsgSnap:
-		members, _, err := unmarshalSnapshot(m.Snapshot.Data)
+		members, err := streamedMembers, error(nil)
+		if members == nil {
+			// A snapshot sent whole carries its envelope; a reference
+			// only ever comes from this node's own disk.
+			members, _, err = unmarshalSnapshot(m.Snapshot.Data)
+		}
 		if err == nil {
 			err = newRegistry().restore(members)
 		}

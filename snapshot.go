@@ -3,12 +3,10 @@ package embedraft
 import (
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"go.etcd.io/etcd/raft/v3"
 	"go.etcd.io/etcd/raft/v3/raftpb"
-	"go.etcd.io/etcd/server/v3/etcdserver/api/rafthttp"
 )
 
 // Snapshots stay off the hot path (DESIGN.md):
@@ -209,97 +207,4 @@ func (n *Node) storeReceivedSnapshot(s *raftpb.Snapshot) error {
 	}
 	s.Data = ref.marshal()
 	return nil
-}
-
-// send sends raft's messages. A MsgSnap holds a reference to a state file:
-// it is expanded to the envelope and sent on its own goroutine, so that
-// reading the file does not hold up the raft loop. raft sends at most one
-// snapshot per follower until ReportSnapshot, so these goroutines are
-// bounded by the number of peers; each exits once its message is handed to
-// rafthttp or reported failed.
-func (n *Node) send(tr *rafthttp.Transport, msgs []raftpb.Message) {
-	snaps := 0
-	for i := range msgs {
-		if msgs[i].Type == raftpb.MsgSnap {
-			snaps++
-		}
-	}
-	if snaps == 0 {
-		tr.Send(msgs)
-		return
-	}
-	rest := make([]raftpb.Message, 0, len(msgs)-snaps)
-	for _, m := range msgs {
-		if m.Type != raftpb.MsgSnap {
-			rest = append(rest, m)
-			continue
-		}
-		n.loops.Add(1)
-		go func(m raftpb.Message) {
-			defer n.loops.Done()
-			if err := n.expandSnapshot(&m); err != nil {
-				n.log.Error("cannot send snapshot", "to", m.To, "index", m.Snapshot.Metadata.Index, "err", err)
-				n.rn.ReportSnapshot(m.To, raft.SnapshotFailure)
-				return
-			}
-			tr.Send([]raftpb.Message{m})
-		}(m)
-	}
-	tr.Send(rest)
-}
-
-// expandSnapshot replaces a MsgSnap's reference with the envelope it
-// refers to (a copy: the reference is shared with MemoryStorage).
-func (n *Node) expandSnapshot(m *raftpb.Message) error {
-	ref, isRef, err := parseSnapRef(m.Snapshot.Data)
-	if err != nil || !isRef {
-		return err
-	}
-	data, err := n.snapSend.get(stateDir(n.cfg.DataDir), ref, n.cfg.MaxSnapshotBytes)
-	if err != nil {
-		return err
-	}
-	m.Snapshot.Data = data
-	return nil
-}
-
-// snapSendKeep is how long an expanded snapshot is kept after its last
-// send: raft retries a failed snapshot every heartbeat, and several
-// followers may need the same one.
-const snapSendKeep = 10 * time.Second
-
-// snapSendCache keeps the last snapshot read for sending, so that retries
-// and other followers share one buffer (read-only: rafthttp only encodes
-// it) instead of reading the file again. Its lock makes concurrent
-// expansions wait for one read.
-type snapSendCache struct {
-	mu    sync.Mutex
-	ref   snapRef
-	data  []byte
-	timer *time.Timer // drops data once unused for snapSendKeep
-}
-
-func (c *snapSendCache) get(dir string, ref snapRef, max int64) ([]byte, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.data == nil || c.ref != ref {
-		c.data = nil // let the old one go before reading the new one
-		data, err := readStateEnvelope(dir, ref, max)
-		if err != nil {
-			return nil, err
-		}
-		c.ref, c.data = ref, data
-	}
-	if c.timer == nil {
-		c.timer = time.AfterFunc(snapSendKeep, c.drop)
-	} else {
-		c.timer.Reset(snapSendKeep)
-	}
-	return c.data, nil
-}
-
-func (c *snapSendCache) drop() {
-	c.mu.Lock()
-	c.data = nil
-	c.mu.Unlock()
 }

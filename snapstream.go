@@ -2,7 +2,6 @@ package embedraft
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -29,13 +28,10 @@ import (
 // record) holds only a small reference to it: snapRef. So the whole state
 // is never one []byte on the node that makes the snapshot.
 //
-// A follower that is sent a snapshot still gets it as one message
-// (rafthttp's pipeline, bounded by MaxSnapshotBytes): expandSnapshot reads
-// the file back into the message on its own goroutine, and the receiver
-// writes the envelope it got into a state file before recording it.
-// TODO(issue 9): stream the send over rafthttp's /raft/snapshot route with a
-// merged reader (etcd's snap.Message), and receive it into the file, so
-// neither side holds the state in one buffer.
+// A follower is sent the file as a stream (snaptransfer.go) and receives
+// it into a state file of its own. A snapshot sent whole as one message on
+// /raft (bounded by MaxSnapshotBytes) is still accepted: its envelope is
+// written to a state file before it is recorded (storeReceivedSnapshot).
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
@@ -57,8 +53,9 @@ func (r snapRef) marshal() []byte {
 }
 
 // parseSnapRef returns the reference held in a snapshot's Data, if it is
-// one. A reference only ever comes from this node's own disk: peers send
-// envelopes, and checkPeerMessage refuses anything else.
+// one. A reference in a peer's message is only believed for a streamed
+// snapshot, once the stream is in a state file of this node's own
+// (receiveSnapshot).
 func parseSnapRef(data []byte) (snapRef, bool, error) {
 	var r snapRef
 	if len(data) < 4 || [4]byte(data[:4]) != refMagic {
@@ -228,24 +225,6 @@ func checkStateFile(dir string, ref snapRef) error {
 	defer s.Close()
 	_, err = io.Copy(io.Discard, s)
 	return err
-}
-
-// readStateEnvelope returns a state file's envelope as one buffer, checked,
-// for a MsgSnap; max bounds it (the receiver's MaxSnapshotBytes).
-func readStateEnvelope(dir string, ref snapRef, max int64) ([]byte, error) {
-	if ref.Size > max {
-		return nil, fmt.Errorf("snapshot is %d bytes, beyond MaxSnapshotBytes (%d)", ref.Size, max)
-	}
-	s, err := openState(dir, ref)
-	if err != nil {
-		return nil, err
-	}
-	defer s.Close()
-	buf := bytes.NewBuffer(make([]byte, 0, ref.Size))
-	if _, err := io.Copy(buf, s); err != nil {
-		return nil, err
-	}
-	return buf.Bytes(), nil
 }
 
 // readEnvelopeHead reads the magic and membership at the start of an

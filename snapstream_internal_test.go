@@ -3,6 +3,7 @@ package embedraft
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -199,4 +200,22 @@ func TestOpenDiskRefusesDamagedSnapshotWithoutFallback(t *testing.T) {
 		}
 		t.Log(err)
 	})
+}
+
+// readStateEnvelope returns a state file's envelope as one buffer, checked,
+// for a MsgSnap; max bounds it (the receiver's MaxSnapshotBytes).
+func readStateEnvelope(dir string, ref snapRef, max int64) ([]byte, error) {
+	if ref.Size > max {
+		return nil, fmt.Errorf("snapshot is %d bytes, beyond MaxSnapshotBytes (%d)", ref.Size, max)
+	}
+	s, err := openState(dir, ref)
+	if err != nil {
+		return nil, err
+	}
+	defer s.Close()
+	buf := bytes.NewBuffer(make([]byte, 0, ref.Size))
+	if _, err := io.Copy(buf, s); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }

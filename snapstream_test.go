@@ -1,9 +1,15 @@
 package embedraft_test
 
 import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
 	"fmt"
+	"hash/crc32"
+	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -12,6 +18,7 @@ import (
 
 	"github.com/embedraft/embedraft"
 	tc "github.com/embedraft/embedraft/internal/testcluster"
+	"go.etcd.io/etcd/raft/v3/raftpb"
 )
 
 // stateFiles returns a member's snapshot state files, oldest first.
@@ -58,6 +65,11 @@ func TestSnapshotLargeStateCatchesUpNewMember(t *testing.T) {
 	}
 	if st, err := os.Stat(files[len(files)-1]); err != nil || st.Size() < 100*reqBytes {
 		t.Fatalf("state file %v: %v", st, err)
+	}
+	// A streamed snapshot is received into <term>-<index>-<crc>.state; one
+	// sent whole on /raft would be written as <term>-<index>.state.
+	if parts := strings.Split(filepath.Base(files[len(files)-1]), "-"); len(parts) != 3 {
+		t.Fatalf("state file %s was not received as a stream", files[len(files)-1])
 	}
 
 	t.Run("OK restart restores from the state file", func(t *testing.T) {
@@ -187,5 +199,68 @@ func TestSnapshotWriteRunsConcurrentlyWithCommits(t *testing.T) {
 		}
 		return nil
 	})
+	c.WaitConverged(10 * time.Second)
+}
+
+// A streamed snapshot is checked before anything is written (sender,
+// addressee, size, index) and while it is copied (length and checksum): a
+// forged or damaged stream is refused and leaves no file, and the member
+// goes on serving.
+func TestSnapshotStreamForgedOrDamaged(t *testing.T) {
+	c := tc.NewStatic(t, 3, func(cfg *embedraft.Config) {
+		cfg.MaxRequestBytes, cfg.MaxSnapshotBytes = 4096, 1<<20
+	})
+	leader := c.WaitLeader(5 * time.Second)
+	m := c.Followers()[0]
+	st := m.Node.Status()
+	envelope := bytes.Repeat([]byte("state"), 1000)
+	sum := crc32.Checksum(envelope, crc32.MakeTable(crc32.Castagnoli))
+	stream := func(from, index uint64, size int64, crc uint32, body []byte) []byte {
+		ref, _ := json.Marshal(map[string]any{"file": "x.state", "size": size, "crc32c": crc})
+		msg := raftpb.Message{Type: raftpb.MsgSnap, To: m.ID, From: from, Term: st.Term, Snapshot: raftpb.Snapshot{
+			Data:     append([]byte("ERF\x01"), ref...),
+			Metadata: raftpb.SnapshotMetadata{Index: index, Term: st.Term, ConfState: raftpb.ConfState{Voters: []uint64{1, 2, 3}}},
+		}}
+		head, err := msg.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return append(append(binary.BigEndian.AppendUint64(nil, uint64(len(head))), head...), body...)
+	}
+	withSum := func(b []byte, crc uint32) []byte { return binary.BigEndian.AppendUint32(slices.Clone(b), crc) }
+	size, future := int64(len(envelope)), st.Commit+1000
+	for _, tt := range []struct {
+		name   string
+		body   []byte
+		status int
+		msg    string
+	}{
+		{"not a peer", stream(99, future, size, sum, withSum(envelope, sum)), 400, "not a peer"},
+		{"not past commit", stream(leader.ID, 1, size, sum, withSum(envelope, sum)), 400, "not past"},
+		{"beyond MaxSnapshotBytes", stream(leader.ID, future, 2<<20, sum, nil), 413, "MaxSnapshotBytes"},
+		{"checksum", stream(leader.ID, future, size, sum+1, withSum(envelope, sum+1)), 400, "corrupt"},
+		{"damaged", stream(leader.ID, future, size, sum, withSum(append(envelope[:size-1:size-1], 'x'), sum)), 400, "corrupt"},
+		{"truncated", stream(leader.ID, future, size, sum, envelope[:size/2]), 400, "ended after"},
+		{"too long", stream(leader.ID, future, size, sum, append(withSum(envelope, sum), "more"...)), 400, "longer"},
+		{"not a reference", stream(leader.ID, future, size, sum, nil)[:0], 400, "length"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodPost, m.URL+"/raft/snapshot", bytes.NewReader(tt.body))
+			req.Header = peerHeaders(st.ClusterID)
+			resp, err := c.Client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			msg := readAll(resp)
+			resp.Body.Close()
+			if resp.StatusCode != tt.status || !strings.Contains(msg, tt.msg) {
+				t.Fatalf("%d %q, want %d containing %q", resp.StatusCode, msg, tt.status, tt.msg)
+			}
+			if left, _ := filepath.Glob(filepath.Join(m.Dir, "snap", "state", "*")); len(left) > 0 {
+				t.Fatalf("left files: %v", left)
+			}
+		})
+	}
+	c.MustSet(m, "after", "1")
 	c.WaitConverged(10 * time.Second)
 }
