@@ -22,10 +22,11 @@ import (
 // MaxKeyBytes bounds a key.
 const MaxKeyBytes = 1024
 
-// Op is a write request body and the entry data: {"key":"k","value":"v"}
+// Op is a write request body: {"key":"k","value":"v"}
 // sets a value; {"key":"k","add":N} adds the integer N (may be negative) to
 // the key's integer value (absent counts as 0) and answers the value after
-// the add. An Op with Add set is an add; its Value must be empty.
+// the add. An Op with Add set is an add; its Value must be empty. In the
+// log it is encoded in binary (opcodec.go).
 type Op struct {
 	Key   string `json:"key"`
 	Value string `json:"value"`
@@ -64,6 +65,19 @@ func (s *Store) SetReader(r Reader) { s.reader = r }
 
 // ParseOp decodes and checks a write body strictly.
 func ParseOp(body []byte) (Op, error) {
+	op, simple := parseSimpleOp(body)
+	if !simple {
+		var err error
+		if op, err = parseFullOp(body); err != nil {
+			return op, err
+		}
+	}
+	return op, checkOp(op)
+}
+
+// parseFullOp decodes a write body with the JSON decoder: unknown fields
+// and trailing data are refused.
+func parseFullOp(body []byte) (Op, error) {
 	var op Op
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
@@ -73,16 +87,21 @@ func ParseOp(body []byte) (Op, error) {
 	if _, err := dec.Token(); err != io.EOF {
 		return op, errors.New("trailing data after JSON object")
 	}
+	return op, nil
+}
+
+// checkOp checks a decoded write.
+func checkOp(op Op) error {
 	if op.Key == "" {
-		return op, errors.New(`"key" is required`)
+		return errors.New(`"key" is required`)
 	}
 	if len(op.Key) > MaxKeyBytes {
-		return op, fmt.Errorf("key is %d bytes, limit %d", len(op.Key), MaxKeyBytes)
+		return fmt.Errorf("key is %d bytes, limit %d", len(op.Key), MaxKeyBytes)
 	}
 	if op.Add != nil && op.Value != "" {
-		return op, errors.New(`"value" and "add" are exclusive`)
+		return errors.New(`"value" and "add" are exclusive`)
 	}
-	return op, nil
+	return nil
 }
 
 // PreProcessData checks the body and returns it canonically encoded. An add
@@ -103,8 +122,7 @@ func (s *Store) PreProcessData(body []byte) (interface{}, []byte, error) {
 			return nil, nil, err
 		}
 	}
-	data, err := json.Marshal(op)
-	return op, data, err
+	return op, encodeOp(op), nil
 }
 
 // PreProcessCount is how many times PreProcessData ran on this node.
@@ -181,14 +199,6 @@ func (s *Store) applyLocked(data []byte) error {
 	}
 	s.data[op.Key] = value
 	return nil
-}
-
-func decodeOp(data []byte) (Op, error) {
-	var op Op
-	if err := json.Unmarshal(data, &op); err != nil {
-		return op, fmt.Errorf("decode entry: %w", err)
-	}
-	return op, nil
 }
 
 // GetInit returns the whole map.

@@ -74,7 +74,7 @@ func TestStorePreProcessData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if obj != (Op{Key: "k", Value: "v"}) || string(data) != `{"key":"k","value":"v"}` {
+	if obj != (Op{Key: "k", Value: "v"}) || string(data) != "\x01\x01kv" {
 		t.Fatalf("PreProcessData = %+v %s, want the op and its canonical encoding", obj, data)
 	}
 	if _, _, err := s.PreProcessData([]byte(`{"key":""}`)); err == nil {
