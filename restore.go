@@ -156,6 +156,16 @@ func (n *Node) restoreNew(ctx context.Context) (disk *diskStorage, rec recovered
 	if err != nil {
 		return nil, rec, false, fmt.Errorf("%w: Restore %s: %v", ErrInvalidConfig, file, err)
 	}
+	if len(cfg.Peers) > 0 { // a wiped member is refused as a static bootstrap refuses it
+		n.clusterID.Store(clusterID)
+		n.setLogger()
+		confirmed, err := n.checkStaticMember(ctx, clusterID)
+		if err != nil {
+			return nil, rec, false, err
+		}
+		n.voteGate.Store(!confirmed)
+		n.bootstrapIndex = index
+	}
 	// The service loads the state first, so a state it refuses is refused
 	// before anything is written; a streaming service then writes the
 	// state file from its view, in the format its RestoreSnapshot reads.
@@ -166,16 +176,6 @@ func (n *Node) restoreNew(ctx context.Context) (disk *diskStorage, rec recovered
 	}
 	if err != nil {
 		return nil, rec, false, fmt.Errorf("%w: Restore %s: the service refused the state: %v", ErrInvalidConfig, file, err)
-	}
-	if len(cfg.Peers) > 0 {
-		n.clusterID.Store(clusterID)
-		n.setLogger()
-		confirmed, err := n.checkStaticMember(ctx, clusterID)
-		if err != nil {
-			return nil, rec, false, err
-		}
-		n.voteGate.Store(!confirmed)
-		n.bootstrapIndex = index
 	}
 	var view SnapshotView = bytesView(service)
 	if streams {
