@@ -95,8 +95,9 @@ type Config struct {
 	// another file is in another cluster, which they never talk to.
 	//
 	// A restore is done once: on a data directory that holds a WAL, the
-	// same file is a plain restart (the WAL records the backup's checksum),
-	// another file, or a WAL that was not restored, is refused. Restore
+	// same file is a plain restart (the WAL records the backup's checksum;
+	// a file deleted since restarts too), another file, or a WAL that was
+	// not restored, is refused. Restore
 	// with Join, with ForceNewCluster, or without Cluster or Peers is
 	// refused.
 	Restore string

@@ -139,7 +139,8 @@ type Node struct {
 }
 
 // New creates a node from cfg and starts it: standalone, as a static or
-// one-member cluster, joined to the cluster at cfg.Join, or, when
+// one-member cluster (from the backup cfg.Restore, if set), joined to the
+// cluster at cfg.Join, or, when
 // cfg.DataDir holds a WAL, restarted with the identity, cluster id and peers
 // stored there. Joining waits at most cfg.JoinTimeout; use JoinCluster to
 // bound it with a context instead.

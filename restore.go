@@ -7,8 +7,10 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -92,9 +94,15 @@ func backupFileSum(file string) (string, error) {
 
 // checkRestoreOnWAL runs when Restore is set and DataDir already holds a
 // WAL: the same backup (recorded in the WAL metadata) means the restore was
-// done, and the node just restarts; anything else is refused.
+// done, and the node just restarts; anything else is refused. A restored
+// directory whose file no longer exists restarts too (the file is not
+// needed any more, and a start command kept as it was must not fail once
+// the backup is cleaned up).
 func checkRestoreOnWAL(cfg Config, meta walMetadata) error {
 	sum, err := backupFileSum(cfg.Restore)
+	if errors.Is(err, fs.ErrNotExist) && meta.Restore != "" {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("%w: Restore: %v", ErrInvalidConfig, err)
 	}

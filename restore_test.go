@@ -174,7 +174,12 @@ func TestRestoreStaticPeers(t *testing.T) {
 		if !errors.Is(err, embedraft.ErrInvalidConfig) || !strings.Contains(err.Error(), "restored from another backup") {
 			t.Fatalf("restart with another backup: %v", err)
 		}
-		m.Restart()
+		// The backup file deleted after the restore: the same command
+		// still restarts the member.
+		gone := filepath.Join(t.TempDir(), "deleted.backup")
+		if err := m.TryRestart(restorePeersOpt(gone)); err != nil {
+			t.Fatalf("restart with the backup file gone: %v", err)
+		}
 		c.WaitConverged(20 * time.Second)
 	})
 
