@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -386,54 +385,3 @@ func decodeBackup(b []byte) (BackupInfo, []byte, error) {
 	info.Bytes, info.ServiceBytes = int64(len(b)), int64(len(service))
 	return info, service, nil
 }
-
-// restoreBackup runs in New for Config.Restore, before anything else
-// touches the data directory: it refuses a directory that already holds a
-// WAL (or a removed member's marker, or standalone writes), checks the file
-// and loads its service state with ResetSnap. New then starts a one-member
-// cluster from that state exactly as a standalone node switches over: a new
-// cluster id, and an init entry carrying the state through the log. The old
-// membership is not restored: other nodes join the new cluster.
-func (n *Node) restoreBackup() error {
-	dir, file := n.cfg.DataDir, n.cfg.Restore
-	switch {
-	case hasWAL(dir):
-		return fmt.Errorf("%w: Restore: data dir %s already holds a WAL (a restore is done once, into an empty "+
-			"data dir): drop the restore setting (-restore) to restart this node as it is, or use an empty data dir",
-			ErrInvalidConfig, dir)
-	case n.Mode() == ModeRemoved:
-		return fmt.Errorf("%w: Restore: data dir %s belongs to a removed member: use an empty data dir",
-			ErrInvalidConfig, dir)
-	case n.standaloneMarked.Load():
-		return fmt.Errorf("%w: Restore: data dir %s holds writes made in standalone mode, which the restore "+
-			"would discard: use an empty data dir", ErrInvalidConfig, dir)
-	}
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return fmt.Errorf("%w: Restore: %v", ErrInvalidConfig, err)
-	}
-	info, service, err := decodeBackup(b)
-	if err != nil {
-		return fmt.Errorf("restore %s: %w", file, err)
-	}
-	if info.Streamed {
-		ss, ok := n.svc.(StreamSnapshotter)
-		if !ok {
-			return fmt.Errorf("%w: Restore %s: the backup was streamed by a StreamSnapshotter service, and "+
-				"this service does not implement it", ErrInvalidConfig, file)
-		}
-		err = ss.RestoreSnapshot(bytes.NewReader(service))
-	} else {
-		err = n.svc.ResetSnap(service)
-	}
-	if err != nil {
-		return fmt.Errorf("%w: Restore %s: the service refused the state: %v", ErrInvalidConfig, file, err)
-	}
-	n.log.Info("loaded backup; starting a new one-member cluster from it", "file", file,
-		"from_cluster", info.ClusterID, "from_node", info.NodeID, "from_index", info.Index,
-		"created", info.Created, "service_bytes", info.ServiceBytes)
-	return nil
-}
-
-// errBackupOnlyCluster explains why Restore needs Cluster.
-var errBackupOnlyCluster = errors.New("restore into a one-member cluster (Cluster, -cluster), then let the others join")

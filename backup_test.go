@@ -206,12 +206,22 @@ func TestBackupUnderWritesRestores(t *testing.T) {
 		}
 	})
 
-	t.Run("ErrRestartWithRestore", func(t *testing.T) {
+	t.Run("RestartWithSameRestore", func(t *testing.T) {
+		// The same command again restarts from the WAL; another backup
+		// is refused.
 		rm.Stop()
-		err := rm.TryRestart()
-		if !errors.Is(err, embedraft.ErrInvalidConfig) || !strings.Contains(err.Error(), "already holds a WAL") ||
-			!strings.Contains(err.Error(), "drop the restore setting") {
-			t.Fatalf("restart with Restore: %v", err)
+		if err := rm.TryRestart(); err != nil {
+			t.Fatalf("restart with the same Restore: %v", err)
+		}
+		r.WaitLeader(10 * time.Second)
+		if v, _ := rm.Store.Get("after"); v != "restore" {
+			t.Fatalf("restarted restored node lost a write")
+		}
+		other, _ := writeBackup(t, rm.Node)
+		rm.Stop()
+		err := rm.TryRestart(func(cfg *embedraft.Config) { cfg.Restore = other })
+		if !errors.Is(err, embedraft.ErrInvalidConfig) || !strings.Contains(err.Error(), "restored from another backup") {
+			t.Fatalf("restart with another backup: %v", err)
 		}
 		if err := rm.TryRestart(func(cfg *embedraft.Config) { cfg.Restore = "" }); err != nil {
 			t.Fatalf("restart without Restore: %v", err)
@@ -305,7 +315,9 @@ func TestRestoreRefused(t *testing.T) {
 	flipped := bytes.Clone(good)
 	flipped[len(flipped)/2] ^= 0x40
 	newNode := func(cfg embedraft.Config) error {
-		cfg.AdvertiseURL = "http://127.0.0.1:1"
+		if cfg.AdvertiseURL == "" {
+			cfg.AdvertiseURL = "http://127.0.0.1:1"
+		}
 		n, err := embedraft.New(cfg, kvstore.New())
 		if err == nil {
 			_ = n.Close(context.Background())
@@ -322,9 +334,10 @@ func TestRestoreRefused(t *testing.T) {
 		{"ErrTooShort", embedraft.Config{Cluster: true, Restore: variant("short", good[:20])}, "truncated"},
 		{"ErrNotBackup", embedraft.Config{Cluster: true, Restore: variant("json", []byte(`{"k":"v"}`))}, "bad magic"},
 		{"ErrMissing", embedraft.Config{Cluster: true, Restore: filepath.Join(t.TempDir(), "none")}, "no such file"},
-		{"ErrPeers", embedraft.Config{ID: 1, Peers: map[uint64]string{1: "http://127.0.0.1:1"}, Restore: file},
-			"then let the others join"},
-		{"ErrNoCluster", embedraft.Config{Restore: file}, "Restore needs Cluster"},
+		{"ErrNoClusterNorPeers", embedraft.Config{Restore: file}, "Restore needs Cluster"},
+		{"ErrForceNewCluster", embedraft.Config{Cluster: true, ForceNewCluster: true, Restore: file}, "exclusive"},
+		{"ErrPeersAdvertise", embedraft.Config{ID: 1, AdvertiseURL: "http://127.0.0.1:2",
+			Peers: map[uint64]string{1: "http://127.0.0.1:1"}, Restore: file}, "differs from Peers"},
 		{"ErrJoin", embedraft.Config{Cluster: true, Join: "http://127.0.0.1:2", Restore: file}, "exclusive"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {

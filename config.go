@@ -82,12 +82,24 @@ type Config struct {
 	ForceNewCluster bool
 
 	// Restore is the path of a backup file (GET /raft/api/backup,
-	// Node.Backup). A new node with Restore and Cluster set checks the file
-	// and starts a new one-member cluster (new cluster id) whose state is
-	// the backup's service data; the old membership is not restored, other
-	// nodes join it. New refuses a data directory that already holds a WAL
-	// (a restore is done once: drop the setting to restart), a file that
-	// fails its checksum, and Restore with Peers or Join or without Cluster.
+	// Node.Backup) to start a new cluster from, with a new cluster id, as
+	// `etcdutl snapshot restore` does. New checks the file (a truncated or
+	// corrupted one is refused) and writes the backup's state into the
+	// empty data directory as a snapshot, so it survives restarts. The old
+	// membership is not restored; the backup's Idempotency-Key table is.
+	//
+	// With Cluster the node starts as a one-member cluster (a new random
+	// cluster id) and others join it. With Peers every member is started
+	// with the same file and the same Peers: the cluster id is derived from
+	// both, so the members agree without talking, and a member given
+	// another file is in another cluster, which they never talk to.
+	//
+	// A restore is done once: on a data directory that holds a WAL, the
+	// same file is a plain restart (the WAL records the backup's checksum;
+	// a file deleted since restarts too), another file, or a WAL that was
+	// not restored, is refused. Restore
+	// with Join, with ForceNewCluster, or without Cluster or Peers is
+	// refused.
 	Restore string
 
 	// Token, when set, must be presented by peers and admins (header
@@ -294,12 +306,12 @@ func (c Config) Validate() error {
 	}
 	if c.Restore != "" {
 		switch {
-		case len(c.Peers) > 0:
-			bad("Restore with Peers is not supported: %v", errBackupOnlyCluster)
 		case c.Join != "":
 			bad("Restore and Join are exclusive: a restored node starts a new cluster")
-		case !c.Cluster:
-			bad("Restore needs Cluster: %v", errBackupOnlyCluster)
+		case c.ForceNewCluster:
+			bad("Restore and ForceNewCluster are exclusive")
+		case !c.Cluster && len(c.Peers) == 0:
+			bad("Restore needs Cluster (a one-member cluster others join) or Peers (every member restored from the same file)")
 		}
 	}
 	if c.ElectionTicks <= c.HeartbeatTicks {

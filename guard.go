@@ -2,6 +2,7 @@ package embedraft
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -114,8 +115,11 @@ func (n *Node) Membership() MembershipView {
 // refused with ErrMemberDataLost. confirmed is true when a running member
 // vouched that this one never had a log; when no member answers (a new
 // cluster whose nodes are starting), the node starts with its vote gated.
-func (n *Node) checkStaticMember(ctx context.Context) (confirmed bool, err error) {
-	cid := strconv.FormatUint(staticClusterID(n.cfg.Peers), 16)
+// clusterID is the cluster the member bootstraps: staticClusterID, or
+// restoredClusterID for a restore. Members that answer from another
+// cluster are ignored (rafthttp keeps the two apart) and logged.
+func (n *Node) checkStaticMember(ctx context.Context, clusterID uint64) (confirmed bool, err error) {
+	cid := strconv.FormatUint(clusterID, 16)
 	timeout := time.Duration(n.cfg.ElectionTicks) * n.cfg.TickInterval
 	client := &http.Client{Timeout: timeout, Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true,
 		TLSClientConfig: n.clientTLS()}}
@@ -144,7 +148,12 @@ func (n *Node) checkStaticMember(ctx context.Context) (confirmed bool, err error
 			continue
 		}
 		v := a.view
-		if v.Mode != ModeCluster && v.Mode != ModeRemoved || v.ClusterID != cid {
+		if v.Mode != ModeCluster && v.Mode != ModeRemoved {
+			continue
+		}
+		if v.ClusterID != cid {
+			n.log.Warn("bootstrap check: member runs another cluster; this node will not talk to it",
+				"member", a.from, "its_cluster", v.ClusterID, "this_cluster", cid)
 			continue
 		}
 		self := strconv.FormatUint(n.id, 10)
@@ -336,3 +345,39 @@ func (e *lostLogEvidence) persists(d time.Duration) bool {
 }
 
 func (e *lostLogEvidence) clear() { e.since.Store(0) }
+
+// checkIdentity refuses to restart from a data directory that contradicts
+// the configuration: another node id, another static member list (for a
+// restored static cluster, another list or backup), a Restore file other
+// than the backup the directory was restored from, or a -join target that is
+// in another cluster.
+func checkIdentity(ctx context.Context, cfg Config, idGiven bool, meta walMetadata, tlsConfig *tls.Config) error {
+	if idGiven && meta.NodeID != cfg.ID {
+		return fmt.Errorf("%w: data dir %s belongs to node %d, not %d", ErrInvalidConfig, cfg.DataDir, meta.NodeID, cfg.ID)
+	}
+	if cfg.Restore != "" {
+		if err := checkRestoreOnWAL(cfg, meta); err != nil {
+			return err
+		}
+	}
+	if len(cfg.Peers) > 0 {
+		want := staticClusterID(cfg.Peers)
+		if meta.Restore != "" {
+			want = restoredClusterID(cfg.Peers, meta.Restore)
+		}
+		if want != meta.ClusterID {
+			return fmt.Errorf("%w: data dir %s belongs to cluster %x, not the one Peers describes (%x)",
+				ErrInvalidConfig, cfg.DataDir, meta.ClusterID, want)
+		}
+	}
+	if cfg.Join != "" {
+		// Best effort: a target that cannot be reached must not stop a
+		// member from restarting.
+		if st, err := fetchStatus(ctx, cfg.Join, cfg.Token, tlsConfig); err == nil && st.Mode == ModeCluster &&
+			st.ClusterID != strconv.FormatUint(meta.ClusterID, 16) {
+			return fmt.Errorf("%w: data dir %s belongs to cluster %x, but %s is in cluster %s",
+				ErrInvalidConfig, cfg.DataDir, meta.ClusterID, cfg.Join, st.ClusterID)
+		}
+	}
+	return nil
+}

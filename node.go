@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"crypto/sha1"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"log/slog"
@@ -139,7 +138,8 @@ type Node struct {
 }
 
 // New creates a node from cfg and starts it: standalone, as a static or
-// one-member cluster, joined to the cluster at cfg.Join, or, when
+// one-member cluster (from the backup cfg.Restore, if set), joined to the
+// cluster at cfg.Join, or, when
 // cfg.DataDir holds a WAL, restarted with the identity, cluster id and peers
 // stored there. Joining waits at most cfg.JoinTimeout; use JoinCluster to
 // bound it with a context instead.
@@ -214,16 +214,12 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 	var rec recovered
 	var disk *diskStorage
 	var joined *JoinResponse
-	var forced bool // this start forced a new cluster
+	var forced bool // this start forced (or restored) a one-member cluster: it elects itself
 	if cfg.ForceNewCluster && !hasWAL(cfg.DataDir) {
 		return nil, fmt.Errorf("%w: ForceNewCluster needs a data directory that holds a WAL; %s has none",
 			ErrInvalidConfig, cfg.DataDir)
 	}
 	switch {
-	case cfg.Restore != "":
-		if err := n.restoreBackup(); err != nil { // backup.go: checks, then ResetSnap
-			return nil, err
-		}
 	case hasWAL(cfg.DataDir):
 		var err error
 		disk, rec, err = openDisk(n.zl, cfg.DataDir)
@@ -234,6 +230,9 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 			disk.close()
 			return nil, err
 		}
+		if cfg.Restore != "" {
+			n.log.Info("restore already done: restarting from the WAL", "file", cfg.Restore, "sha256", rec.meta.Restore)
+		}
 		n.id = rec.meta.NodeID
 		n.clusterID.Store(rec.meta.ClusterID)
 		if cfg.ForceNewCluster && n.Mode() != ModeRemoved {
@@ -242,6 +241,11 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 				disk.close()
 				return nil, err
 			}
+		}
+	case cfg.Restore != "":
+		var err error
+		if disk, rec, forced, err = n.restoreNew(ctx); err != nil { // restore.go
+			return nil, err
 		}
 	case cfg.Join != "" && n.Mode() != ModeRemoved:
 		if n.standaloneMarked.Load() {
@@ -259,7 +263,7 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 				"would start the cluster without them: start this node alone with Cluster (-cluster) or let the "+
 				"others join it, or use an empty data dir", ErrInvalidConfig, cfg.DataDir)
 		}
-		confirmed, err := n.checkStaticMember(ctx)
+		confirmed, err := n.checkStaticMember(ctx, staticClusterID(cfg.Peers))
 		if err != nil {
 			return nil, err
 		}
@@ -293,10 +297,6 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		}
 		n.bootstrapIndex = uint64(len(cfg.Peers))
 		err = n.bootstrapRaft(cfg.Peers, staticClusterID(cfg.Peers))
-	case cfg.Restore != "":
-		// The restored state is in the service: carry it into a new
-		// one-member cluster exactly as a switchover does.
-		err = n.switchToCluster()
 	case cfg.Cluster && n.standaloneMarked.Load():
 		// Standalone writes live in the service: carry them into the
 		// cluster exactly as a switchover does.
@@ -322,29 +322,6 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		}
 	}
 	return n, nil
-}
-
-// checkIdentity refuses to restart from a data directory that contradicts
-// the configuration: another node id, another static member list, or a
-// -join target that is in another cluster.
-func checkIdentity(ctx context.Context, cfg Config, idGiven bool, meta walMetadata, tlsConfig *tls.Config) error {
-	if idGiven && meta.NodeID != cfg.ID {
-		return fmt.Errorf("%w: data dir %s belongs to node %d, not %d", ErrInvalidConfig, cfg.DataDir, meta.NodeID, cfg.ID)
-	}
-	if len(cfg.Peers) > 0 && staticClusterID(cfg.Peers) != meta.ClusterID {
-		return fmt.Errorf("%w: data dir %s belongs to cluster %x, not the one Peers describes (%x)",
-			ErrInvalidConfig, cfg.DataDir, meta.ClusterID, staticClusterID(cfg.Peers))
-	}
-	if cfg.Join != "" {
-		// Best effort: a target that cannot be reached must not stop a
-		// member from restarting.
-		if st, err := fetchStatus(ctx, cfg.Join, cfg.Token, tlsConfig); err == nil && st.Mode == ModeCluster &&
-			st.ClusterID != strconv.FormatUint(meta.ClusterID, 16) {
-			return fmt.Errorf("%w: data dir %s belongs to cluster %x, but %s is in cluster %s",
-				ErrInvalidConfig, cfg.DataDir, meta.ClusterID, cfg.Join, st.ClusterID)
-		}
-	}
-	return nil
 }
 
 func (n *Node) setLogger() {

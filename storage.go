@@ -26,6 +26,9 @@ type walMetadata struct {
 	// Peers is the member list a joining node was given, so that after a
 	// crash before it caught up it can still reach the cluster.
 	Peers map[uint64]string `json:"peers,omitempty"`
+	// Restore is the checksum (SHA-256, hex) of the backup this data
+	// directory was restored from (restore.go), empty otherwise.
+	Restore string `json:"restore,omitempty"`
 }
 
 // diskStorage is the durable half of a cluster node: the WAL and the

@@ -209,6 +209,17 @@ func TestStaticClusterIDIsDerivedFromMembers(t *testing.T) {
 	}
 }
 
+func TestStaticRestoreClusterIDIsDerivedFromMembersAndBackup(t *testing.T) {
+	peers := map[uint64]string{1: "http://a:1", 2: "http://a:2"}
+	a := restoredClusterID(peers, "aa")
+	b := restoredClusterID(map[uint64]string{2: "http://a:2/", 1: "http://a:1"}, "aa")
+	c := restoredClusterID(peers, "bb")
+	d := restoredClusterID(map[uint64]string{1: "http://a:1", 2: "http://a:3"}, "aa")
+	if a != b || a == c || a == d || a == 0 || a == staticClusterID(peers) {
+		t.Fatalf("ids %x %x %x %x, static %x", a, b, c, d, staticClusterID(peers))
+	}
+}
+
 func TestIndexNotifier(t *testing.T) {
 	n := newIndexNotifier(3)
 	stop := make(chan struct{})

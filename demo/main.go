@@ -45,7 +45,9 @@ func run(args []string) error {
 	peers := fs.String("peers", "", `static bootstrap "1=http://127.0.0.1:8081,2=http://127.0.0.1:8082,3=..."`)
 	join := fs.String("join", "", "URL of any member (or standalone node) to join")
 	cluster := fs.Bool("cluster", false, "start as a one-member cluster instead of standalone")
-	restore := fs.String("restore", "", "backup FILE (GET /raft/api/backup) to start a new one-member cluster from (with -cluster, into an empty -data)")
+	restore := fs.String("restore", "", "backup FILE (GET /raft/api/backup) to start a new cluster (new cluster id) from, into "+
+		"an empty -data: with -cluster a one-member cluster, or with -peers (every member given the same FILE and -peers). "+
+		"Given again on the restored -data, the same FILE just restarts")
 	token := fs.String("token", os.Getenv("EMBEDRAFT_TOKEN"), "cluster secret (also EMBEDRAFT_TOKEN)")
 	snapCount := fs.Uint64("snapshot-count", embedraft.DefaultSnapshotCount, "applied entries between snapshots")
 	forceNew := fs.Bool("force-new-cluster", false, "restart from this data directory as a one-member cluster "+
