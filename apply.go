@@ -212,6 +212,22 @@ func (n *Node) restoreSnapshot(s raftpb.Snapshot) error {
 	return n.restoreFromReader(index, r)
 }
 
+// restoreSnapshotMembers restores only the membership and Idempotency-Key
+// table of a snapshot whose service state the service already holds.
+func (n *Node) restoreSnapshotMembers(s raftpb.Snapshot) error {
+	members, err := membersOfSnapshot(n.cfg.DataDir, s.Data)
+	if err == nil {
+		err = n.reg.restore(members)
+	}
+	if err == nil {
+		err = n.restoreIdempotency(members)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, s.Metadata.Index, err)
+	}
+	return nil
+}
+
 // syncTransportPeers makes rafthttp's peer set match the membership.
 func (n *Node) syncTransportPeers() {
 	tr := n.peerTr.Load()

@@ -291,7 +291,9 @@ func (n *Node) joinResponse(id uint64) JoinResponse {
 // switchToCluster turns a standalone node into a one-member cluster: with
 // writes held, it takes the service's state (GetInit), creates the WAL,
 // starts raft with a new random cluster id, and commits an init entry
-// carrying that state; writes that waited then go through raft.
+// carrying that state; writes that waited then go through raft. A
+// StreamSnapshotter service's state goes in as the first snapshot instead
+// (switchBySnapshot).
 func (n *Node) switchToCluster() error {
 	n.switchMu.Lock()
 	defer n.switchMu.Unlock()
@@ -304,6 +306,14 @@ func (n *Node) switchToCluster() error {
 	start := time.Now()
 	n.gate.Lock()
 	defer n.gate.Unlock()
+	if ss, ok := n.svc.(StreamSnapshotter); ok {
+		if err := n.switchBySnapshot(ss); err != nil { // restore.go
+			return err
+		}
+		n.enterClusterMode()
+		n.log.Info("switched from standalone to cluster (state as the first snapshot)", "took", time.Since(start))
+		return nil
+	}
 	data, err := n.svc.GetInit()
 	if err != nil {
 		return fmt.Errorf("switch to cluster: service init: %w", err)

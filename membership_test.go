@@ -39,7 +39,18 @@ func waitVoters(t *testing.T, c *tc.Cluster, want int) {
 // A standalone node with 100 keys becomes a cluster when a second node
 // joins; both end up with exactly those keys.
 func TestSwitchoverCarriesStandaloneState(t *testing.T) {
-	c := tc.NewSingle(t)
+	// A StreamSnapshotter service's state goes in as the first snapshot;
+	// another's as an init entry.
+	for _, tt := range []struct {
+		name     string
+		new      func(testing.TB, ...tc.Option) *tc.Cluster
+		snapshot bool
+	}{{"snapshot", tc.NewSingle, true}, {"init entry", tc.NewSingleWholeSnapshots, false}} {
+		t.Run(tt.name, func(t *testing.T) { testSwitchoverCarriesState(t, tt.new(t), tt.snapshot) })
+	}
+}
+
+func testSwitchoverCarriesState(t *testing.T, c *tc.Cluster, bySnapshot bool) {
 	a := c.Members[0]
 	want := map[string]string{}
 	for i := range 100 {
@@ -64,6 +75,18 @@ func TestSwitchoverCarriesStandaloneState(t *testing.T) {
 	c.MustSet(b, "after", "1")
 	if v, _ := b.Store.Get("after"); v != "1" {
 		t.Fatal("write through the joiner not applied on it")
+	}
+	// The joiner got the state by a streamed snapshot, or by the init
+	// entry (and then has no state file yet).
+	if got := len(stateFiles(t, b)); (got > 0) != bySnapshot {
+		t.Fatalf("joiner has %d state files (state by snapshot: %v)", got, bySnapshot)
+	}
+	for _, m := range []*tc.Member{a, b} {
+		m.Stop()
+		m.Restart()
+	}
+	if state := c.WaitConverged(10 * time.Second); len(state) != len(want)+1 {
+		t.Fatalf("after restarts state has %d keys, want %d", len(state), len(want)+1)
 	}
 }
 

@@ -407,7 +407,11 @@ func (n *Node) restartRaft(disk *diskStorage, rec recovered) error {
 	var confState raftpb.ConfState
 	var snapIndex uint64
 	if !raft.IsEmptySnap(rec.snapshot) {
-		if err := n.restoreSnapshot(rec.snapshot); err != nil {
+		restore := n.restoreSnapshot
+		if rec.serviceLoaded {
+			restore = n.restoreSnapshotMembers
+		}
+		if err := restore(rec.snapshot); err != nil {
 			disk.close()
 			return err
 		}

@@ -191,21 +191,13 @@ func (n *Node) restoreNew(ctx context.Context) (disk *diskStorage, rec recovered
 			return nil, rec, false, fmt.Errorf("restore %s: service snapshot: %w", file, err)
 		}
 	}
-	ref, err := writeStateFile(stateDir(dir), stateFileName(1, index), members, view, nil)
+	meta := walMetadata{NodeID: n.id, ClusterID: clusterID, Restore: sum}
+	disk, rec, err = seedDataDir(n.zl, dir, meta, peers, members, view)
 	view.Release()
 	if err != nil {
 		return nil, rec, false, fmt.Errorf("restore %s: %w", file, err)
 	}
-	s := raftpb.Snapshot{Data: ref.marshal(), Metadata: raftpb.SnapshotMetadata{
-		ConfState: raftpb.ConfState{Voters: sortedIDs(peers)}, Index: index, Term: 1,
-	}}
-	meta := walMetadata{NodeID: n.id, ClusterID: clusterID, Restore: sum}
-	if err := writeRestoredWAL(n.zl, dir, meta, s); err != nil {
-		return nil, rec, false, fmt.Errorf("restore %s: %w", file, err)
-	}
-	if disk, rec, err = openDisk(n.zl, dir); err != nil {
-		return nil, rec, false, err
-	}
+	rec.serviceLoaded = true
 	n.clusterID.Store(clusterID)
 	n.setLogger()
 	n.log.Info("restored backup into a new cluster", "file", file, "members", len(peers),
@@ -254,6 +246,27 @@ func restoredMembers(peers map[uint64]string, old json.RawMessage, index uint64,
 	return json.Marshal(obj)
 }
 
+// seedDataDir writes a new member's data directory whose log starts with
+// a snapshot (term 1, index len(peers), the peers as voters) holding
+// members and the view's state, and opens it for restartRaft: a restore,
+// and a switchover of a StreamSnapshotter service. It does not release
+// the view.
+func seedDataDir(lg *zap.Logger, dir string, meta walMetadata, peers map[uint64]string, members []byte,
+	view SnapshotView) (*diskStorage, recovered, error) {
+	index := uint64(len(peers))
+	ref, err := writeStateFile(stateDir(dir), stateFileName(1, index), members, view, nil)
+	if err != nil {
+		return nil, recovered{}, err
+	}
+	s := raftpb.Snapshot{Data: ref.marshal(), Metadata: raftpb.SnapshotMetadata{
+		ConfState: raftpb.ConfState{Voters: sortedIDs(peers)}, Index: index, Term: 1,
+	}}
+	if err := writeRestoredWAL(lg, dir, meta, s); err != nil {
+		return nil, recovered{}, err
+	}
+	return openDisk(lg, dir)
+}
+
 // writeRestoredWAL writes the snap file for s, then a WAL holding meta,
 // the snapshot record and a hard state committing it, under a temporary
 // name renamed to DataDir/wal once complete.
@@ -291,4 +304,51 @@ func writeRestoredWAL(lg *zap.Logger, dataDir string, meta walMetadata, s raftpb
 		return fmt.Errorf("%w: sync data dir: %v", ErrStorage, err)
 	}
 	return nil
+}
+
+// switchBySnapshot is the switchover of a StreamSnapshotter service (writes
+// are held): the standalone state becomes the new one-member cluster's
+// first snapshot, written from the service's view as any snapshot is,
+// instead of an init entry holding it in one buffer. Joining members get
+// it as a streamed snapshot. Until the WAL exists nothing has changed and
+// the node is still standalone; after, it finishes the switch or stops.
+func (n *Node) switchBySnapshot(ss StreamSnapshotter) error {
+	view, err := ss.CaptureSnapshot()
+	if err != nil {
+		return fmt.Errorf("switch to cluster: service snapshot: %w", err)
+	}
+	peers := map[uint64]string{n.id: n.cfg.AdvertiseURL}
+	members, err := restoredMembers(peers, nil, 1, n.cfg)
+	if err != nil {
+		view.Release()
+		return fmt.Errorf("switch to cluster: %w", err)
+	}
+	clusterID := randomClusterID()
+	n.clusterID.Store(clusterID)
+	n.setLogger()
+	disk, rec, err := seedDataDir(n.zl, n.cfg.DataDir, walMetadata{NodeID: n.id, ClusterID: clusterID}, peers, members, view)
+	view.Release()
+	if err != nil {
+		err = fmt.Errorf("switch to cluster: %w", err)
+		if hasWAL(n.cfg.DataDir) {
+			n.stop(err)
+		} else {
+			n.clusterID.Store(0)
+			n.setLogger()
+		}
+		return err
+	}
+	rec.serviceLoaded = true
+	if err = n.restartRaft(disk, rec); err == nil {
+		ctx, cancel := context.WithTimeout(n.stopCtx, n.cfg.JoinTimeout)
+		defer cancel()
+		if err = n.campaignAlone(ctx); err == nil {
+			_, err = n.waitLeaderWhere(ctx, func(lead uint64) bool { return lead == n.id })
+		}
+	}
+	if err != nil {
+		err = fmt.Errorf("switch to cluster: %w", err)
+		n.stop(err)
+	}
+	return err
 }

@@ -48,6 +48,10 @@ type recovered struct {
 	snapshot  raftpb.Snapshot // empty when there is none
 	hardState raftpb.HardState
 	entries   []raftpb.Entry
+	// serviceLoaded says the service already holds the snapshot's state
+	// (a restore or switchover wrote the snapshot from it): restartRaft
+	// then restores only the membership.
+	serviceLoaded bool
 }
 
 func walDir(dataDir string) string  { return filepath.Join(dataDir, "wal") }

@@ -37,6 +37,8 @@ func TestStandaloneKill9ThenJoin(t *testing.T) {
 		t.Fatalf("restarted standalone node is %s", st.Mode)
 	}
 	must(t, b.Start(c.JoinArgs(a)...))
+	// Start does not wait for the joiner: wait until both serve as voters.
+	must(t, c.WaitVoters(2, 30*time.Second))
 	conv, err := c.WaitConverged(30 * time.Second)
 	if err != nil {
 		t.Fatal(err)

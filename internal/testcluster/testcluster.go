@@ -51,6 +51,24 @@ type Cluster struct {
 	Client  *http.Client
 	logs    *logSink
 	base    string // parent of the members' data directories
+	// wholeSnapshots hides the store's StreamSnapshotter from the nodes
+	// (NewSingleWholeSnapshots).
+	wholeSnapshots bool
+}
+
+// wholeService is the store without its StreamSnapshotter (and
+// IndexedCommitter): snapshots and the switchover go through GetSnapshot
+// and GetInit as one buffer.
+type wholeService struct {
+	embedraft.IService
+	embedraft.ResultCommitter
+}
+
+// NewSingleWholeSnapshots is NewSingle with members (the first and those
+// that join) whose service implements only IService and ResultCommitter.
+func NewSingleWholeSnapshots(t testing.TB, opts ...Option) *Cluster {
+	t.Helper()
+	return newSingle(t, true, opts)
 }
 
 // dataDir makes a new member data directory.
@@ -142,7 +160,13 @@ func (c *Cluster) WaitStarted() {
 // option sets Cluster or Peers).
 func NewSingle(t testing.TB, opts ...Option) *Cluster {
 	t.Helper()
+	return newSingle(t, false, opts)
+}
+
+func newSingle(t testing.TB, wholeSnapshots bool, opts []Option) *Cluster {
+	t.Helper()
 	c := newCluster(t)
+	c.wholeSnapshots = wholeSnapshots
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("listen: %v", err)
@@ -203,7 +227,11 @@ func (m *Member) start(ln net.Listener) error {
 		ln.Close()
 		return err
 	}
-	node, err := embedraft.New(m.cfg, m.Store)
+	var svc embedraft.IService = m.Store
+	if m.c.wholeSnapshots {
+		svc = wholeService{m.Store, m.Store}
+	}
+	node, err := embedraft.New(m.cfg, svc)
 	if err != nil {
 		_ = m.Store.CloseStandaloneLog()
 		ln.Close()
