@@ -27,6 +27,14 @@ type catchUpResult struct {
 	JoinedS            float64 `json:"joined_s"`
 	SnapshotInstalledS float64 `json:"snapshot_installed_s"`
 	SnapshotIndex      uint64  `json:"snapshot_index,omitempty"` // the one installed
+	// PromotedS is when its status first said it is no longer a learner,
+	// after its start; -1: not seen before the bounded wait ended.
+	PromotedS float64 `json:"promoted_s"`
+	// SettleS is how long the bench then waited for every member to
+	// count one more snapshot (the promotion makes each take one), at
+	// most 2 s plus the catch-up time; Settled says whether all did.
+	SettleS float64 `json:"settle_s"`
+	Settled bool    `json:"settled"`
 	// Received lists every "received snapshot" line: more than one means
 	// a snapshot was streamed and not used.
 	Received []receivedSnap `json:"received,omitempty"`
@@ -110,6 +118,9 @@ func (b *bencher) catchUp(ctx context.Context, c *cluster, cfg largeConfig, mem 
 		}
 		break
 	}
+	if waitErr == nil && !res.TimedOut {
+		b.settle(wctx, &res, p, c.Targets()[:len(c.nodes)-1], start)
+	}
 	p.id = res.Node
 	mem.setID(jt.PID, res.Node)
 	mem.record(mon.stop(), phaseCatchUp)
@@ -133,7 +144,62 @@ func (b *bencher) catchUp(ctx context.Context, c *cluster, cfg largeConfig, mem 
 }
 
 func newCatchUpResult() catchUpResult {
-	return catchUpResult{JoinedS: -1, SnapshotInstalledS: -1, ViaSnapshot: "not seen"}
+	return catchUpResult{JoinedS: -1, SnapshotInstalledS: -1, PromotedS: -1, ViaSnapshot: "not seen"}
+}
+
+// settle waits, within ctx, until the new node is promoted from learner,
+// then until every member has counted one more snapshot than at the
+// promotion or 2 s plus the catch-up time have passed, so that the memory
+// peaks include the snapshots the membership changes cause.
+func (b *bencher) settle(ctx context.Context, res *catchUpResult, p *proc, members []target, start time.Time) {
+	tick := time.NewTicker(catchUpPoll)
+	defer tick.Stop()
+	bound := time.Now().Add(2*time.Second + secs(res.Seconds))
+	for res.PromotedS < 0 && time.Now().Before(bound) {
+		sctx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err := b.status(sctx, p.url)
+		cancel()
+		if err == nil && st.State != "" && st.State != "learner" {
+			res.PromotedS = time.Since(start).Seconds()
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+	t0 := time.Now()
+	defer func() { res.SettleS = time.Since(t0).Seconds() }()
+	counts := func() []float64 {
+		out := make([]float64, len(members))
+		for i, m := range members {
+			sctx, cancel := context.WithTimeout(ctx, time.Second)
+			body, err := b.do(sctx, http.MethodGet, m.URL+"/metrics", "")
+			cancel()
+			out[i] = -1
+			if s := newMetricSample(time.Now(), body); err == nil && s.HasCount {
+				out[i] = s.Count
+			}
+		}
+		return out
+	}
+	before := counts()
+	bound = time.Now().Add(2*time.Second + secs(res.Seconds))
+	for time.Now().Before(bound) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		res.Settled = true
+		for i, n := range counts() {
+			res.Settled = res.Settled && before[i] >= 0 && n > before[i]
+		}
+		if res.Settled {
+			return
+		}
+	}
 }
 
 // joinerLogTimes fills in what the new member's log says, as seconds after

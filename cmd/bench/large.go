@@ -116,10 +116,15 @@ func runLarge(ctx context.Context, o options, stdout, stderr io.Writer) (err err
 	}
 
 	// Catch-up of a new member.
+	// Its failure is reported with the rest rather than losing the load's
+	// figures.
 	rep.CatchUp, err = b.catchUp(ctx, c, cfg, mem, &rep.Missing)
 	polls := poller.stop()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
 	if err != nil {
-		return err
+		rep.Missing = append(rep.Missing, err.Error())
 	}
 
 	// Snapshots, from the logs and the polls.

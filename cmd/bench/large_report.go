@@ -118,6 +118,11 @@ func writeLargeTable(w io.Writer, rep *largeReport) {
 	}
 	fmt.Fprintf(w, "  joined %s; snapshots received: %s; installed index %d %s; via a snapshot: %s\n",
 		fmtSecs(cu.JoinedS), strings.Join(recv, ", "), cu.SnapshotIndex, fmtSecs(cu.SnapshotInstalledS), cu.ViaSnapshot)
+	settled := "every member counted one more snapshot"
+	if !cu.Settled {
+		settled = "not every member counted one more snapshot"
+	}
+	fmt.Fprintf(w, "  promoted to voter %s; then waited %.2f s: %s\n", fmtSecs(cu.PromotedS), cu.SettleS, settled)
 	if len(cu.Received) > 1 {
 		fmt.Fprintf(w, "  note: %d snapshots were streamed to the new node; only the installed one was used\n", len(cu.Received))
 	}

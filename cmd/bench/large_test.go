@@ -309,6 +309,34 @@ func TestSnapshotRows(t *testing.T) {
 	}
 }
 
+func TestNoteMissingMetrics(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		polls  []metricSample
+		logged int
+		want   []string
+	}{
+		{"OK", polls(time.Time{}, [2]float64{1, 1}, [2]float64{2, 2}), 2, nil},
+		{"NoPolls", nil, 0, []string{"never answered"}},
+		{"NoHistogram", counts(time.Time{}, 1, 2), 2, []string{"no " + metricSnapDurSum}},
+		{"NoMetrics", counts(time.Time{}, -1, -1), 2, []string{"neither"}},
+		{"NoLogLines", polls(time.Time{}, [2]float64{1, 1}), 0, []string{`no "snapshot saved" line`}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []string
+			noteMissingMetrics(&got, 3, tc.polls, tc.logged)
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %q, want notes mentioning %q", got, tc.want)
+			}
+			for i, w := range tc.want {
+				if !strings.Contains(got[i], w) || !strings.HasPrefix(got[i], "node 3") {
+					t.Errorf("note %q lacks %q", got[i], w)
+				}
+			}
+		})
+	}
+}
+
 func TestParseSnapFileName(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
