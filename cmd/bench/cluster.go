@@ -41,6 +41,8 @@ type cluster struct {
 	log   io.Writer
 	nodes []*proc
 	tls   *tls.Config // client configuration for the nodes' https URLs; nil without TLS
+	bin   string      // the demo binary the nodes run
+	opts  clusterOptions
 }
 
 // proc is one demo process.
@@ -67,7 +69,7 @@ func startCluster(ctx context.Context, opts clusterOptions) (_ *cluster, err err
 	if err != nil {
 		return nil, err
 	}
-	c := &cluster{dir: dir, keep: opts.Keep, log: opts.Log}
+	c := &cluster{dir: dir, keep: opts.Keep, log: opts.Log, opts: opts}
 	defer func() {
 		if err != nil {
 			c.dumpLogs()
@@ -82,6 +84,7 @@ func startCluster(ctx context.Context, opts clusterOptions) (_ *cluster, err err
 			return c, err
 		}
 	}
+	c.bin = bin
 	ports, err := freePorts(opts.Nodes)
 	if err != nil {
 		return c, err

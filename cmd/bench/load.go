@@ -248,9 +248,19 @@ func (b *bencher) populate(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := b.waitApplied(ctx); err != nil {
+		return fmt.Errorf("populate: %w", err)
+	}
+	return nil
+}
+
+// waitApplied writes a marker and waits until every target's local state
+// has it: entries apply in log order, so everything written before it has
+// been applied too.
+func (b *bencher) waitApplied(ctx context.Context) error {
 	marker := strconv.FormatInt(time.Now().UnixNano(), 10)
 	if _, err := b.do(ctx, http.MethodPost, b.targets[0].URL+"/raft/api/set", `{"key":"bench-sync","value":"`+marker+`"}`); err != nil {
-		return fmt.Errorf("populate: %w", err)
+		return err
 	}
 	wctx, cancel := context.WithTimeout(ctx, warmUpTimeout)
 	defer cancel()
@@ -263,7 +273,7 @@ func (b *bencher) populate(ctx context.Context) error {
 			return err
 		})
 		if err != nil {
-			return fmt.Errorf("populate: waiting for %s to apply the keys: %w", t.URL, err)
+			return fmt.Errorf("waiting for %s to apply the keys: %w", t.URL, err)
 		}
 	}
 	return nil

@@ -7,6 +7,7 @@
 //	go run ./cmd/bench -profile /tmp/prof               # CPU and allocation profiles of the leader
 //	go run ./cmd/bench -targets http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083
 //	go run ./cmd/bench -tls -workloads write           # the local cluster over mutual TLS
+//	go run ./cmd/bench -large-state -preload 1000000 -d 30s   # snapshots of a large state, a new node's catch-up
 //
 // By default it builds ./demo, starts three demo processes on free loopback
 // ports with fresh data directories, waits for every node's /readyz, runs
@@ -17,6 +18,12 @@
 // Workloads: write (POST /raft/api/set round-robin over the nodes), read
 // (GET /kv/{key}, linearizable) and read-local (GET /kv/{key}?consistency=local).
 // Reads use keys k0..k<keys-1>, written once before the first read point.
+//
+// -large-state is a mode of its own (see large.go): it preloads -preload
+// keys, writes at one concurrency level (-c, default 16) for -d while
+// snapshots are made, reporting throughput and p99 in -window windows with
+// and without a snapshot in progress, then joins a fourth node and times
+// its catch-up, and reports every node's peak memory.
 package main
 
 import (
@@ -58,6 +65,8 @@ type options struct {
 	jsonOut       string
 	keep          bool
 	tls           bool
+	largeMode     bool
+	large         largeConfig
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -77,9 +86,16 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	keep := fs.Bool("keep", false, "keep the local cluster's data directories and logs")
 	tlsFlag := fs.Bool("tls", false, "run the local cluster over mutual TLS (-cert, -key, -ca from a throwaway CA made in its temp dir); "+
 		"the load client trusts that CA and presents no certificate")
+	largeMode := fs.Bool("large-state", false, "measure snapshots of a large state and a new node's catch-up instead of -workloads (see -preload)")
+	preload := fs.Int("preload", defaultPreload, "with -large-state: keys k0..k<preload-1> of -value-size bytes written first")
+	preloadC := fs.Int("preload-c", defaultPreloadConc, "with -large-state: concurrent writers of the preload")
+	window := fs.Duration("window", defaultWindow, "with -large-state: width of the windows the load is measured in")
+	catchUpTimeout := fs.Duration("catchup-timeout", defaultCatchUpTimeout, "with -large-state: how long the new node gets to catch up")
 	if err := fs.Parse(args); err != nil {
 		return options{}, err
 	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if fs.NArg() > 0 {
 		return options{}, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
@@ -133,7 +149,56 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	for _, t := range splitList(*targets) {
 		o.targets = append(o.targets, strings.TrimSuffix(t, "/"))
 	}
+	if *largeMode {
+		o.largeMode = true
+		o.large = largeConfig{
+			Preload:        *preload,
+			PreloadConc:    *preloadC,
+			Concurrency:    defaultLargeConc,
+			Duration:       *d,
+			Window:         *window,
+			ValueSize:      *valueSize,
+			SnapshotCount:  *snap,
+			CatchUpTimeout: *catchUpTimeout,
+			Token:          *token,
+		}
+		if *snap == 0 {
+			o.large.SnapshotCount = defaultLargeSnapCount
+		}
+		errs = append(errs, checkLarge(&o, set)...)
+	}
 	return o, errors.Join(errs...)
+}
+
+// checkLarge checks the flags of -large-state: -c is one level, and the
+// flags of the other mode are refused rather than ignored.
+func checkLarge(o *options, set map[string]bool) []error {
+	var errs []error
+	if set["c"] {
+		if len(o.load.Concurrency) != 1 {
+			errs = append(errs, errors.New("-large-state: -c takes one concurrency level"))
+		} else {
+			o.large.Concurrency = o.load.Concurrency[0]
+		}
+	}
+	for _, f := range []string{"targets", "tls", "profile", "workloads", "keys"} {
+		if set[f] {
+			errs = append(errs, fmt.Errorf("-large-state: -%s does not apply (it starts its own cluster and writes k0..k<preload-1>)", f))
+		}
+	}
+	if o.large.Preload < 1 {
+		errs = append(errs, errors.New("-preload must be at least 1"))
+	}
+	if o.large.PreloadConc < 1 {
+		errs = append(errs, errors.New("-preload-c must be at least 1"))
+	}
+	if o.large.Window <= 0 || o.large.Window > o.large.Duration {
+		errs = append(errs, errors.New("-window must be positive and at most -d"))
+	}
+	if o.large.CatchUpTimeout <= 0 {
+		errs = append(errs, errors.New("-catchup-timeout must be positive"))
+	}
+	return errs
 }
 
 func splitList(s string) []string {
@@ -152,6 +217,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	o, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
+	}
+	if o.largeMode {
+		return runLarge(ctx, o, stdout, stderr)
 	}
 	if o.load.ProfileDir != "" {
 		if err := os.MkdirAll(o.load.ProfileDir, 0o750); err != nil {
@@ -197,7 +265,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (err erro
 	return err
 }
 
-func writeJSONFile(path string, rep *report) error {
+func writeJSONFile(path string, rep any) error {
 	b, err := json.MarshalIndent(rep, "", "  ")
 	if err != nil {
 		return err

@@ -85,3 +85,10 @@ func parseStatusMem(b []byte) (rss, hwm uint64, err error) {
 	}
 	return rss, hwm, nil
 }
+
+// resetHWM sets the process's VmHWM back to its current VmRSS (writing 5
+// to /proc/<pid>/clear_refs, Linux 4.0 and later), so that a later VmHWM
+// is the peak since now.
+func resetHWM(pid int) error {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0)
+}
