@@ -153,6 +153,7 @@ func (a *applier) applyNormal(e *raftpb.Entry) error {
 
 func (a *applier) applyConfChange(index uint64, cc raftpb.ConfChangeV2) {
 	n := a.n
+	before := a.confState
 	a.confState = *n.rn.ApplyConfChange(cc)
 	if err := n.reg.applyConfChange(cc); err != nil {
 		n.log.Error("conf change context", "err", err)
@@ -172,7 +173,10 @@ func (a *applier) applyConfChange(index uint64, cc raftpb.ConfChangeV2) {
 			if m, ok := n.reg.member(ch.NodeID); ok && ch.NodeID != n.id && m.Addr != "" {
 				n.addPeer(tr, ch.NodeID, m.Addr)
 			}
-			if first, err := n.storage.FirstIndex(); err == nil && first > 1 {
+			// A new member is sent the newest snapshot if it needs one,
+			// and raft ignores one that predates it: make a fresh one.
+			// (A learner's promotion needs none: it is in the last.)
+			if first, err := n.storage.FirstIndex(); err == nil && first > 1 && !inConfState(before, ch.NodeID) {
 				a.snapNow = true
 			}
 		case raftpb.ConfChangeUpdateNode:

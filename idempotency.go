@@ -289,10 +289,15 @@ func (n *Node) applyWriteAt(pos Position, at int64, w batchedWrite) applyResult 
 	return r
 }
 
-// commitData hands data to the service: CommitResult when it implements
-// ResultCommitter, else CommitIndexed for an IndexedCommitter in cluster
-// mode (pos.Index > 0), else Commit.
+// commitData hands data to the service: in cluster mode (pos.Index > 0)
+// CommitIndexedResult for an IndexedResultCommitter; else CommitResult for
+// a ResultCommitter; else, in cluster mode, CommitIndexed for an
+// IndexedCommitter; else Commit.
 func (n *Node) commitData(pos Position, data []byte) applyResult {
+	if irc, ok := n.svc.(IndexedResultCommitter); ok && pos.Index > 0 {
+		res, err := irc.CommitIndexedResult(pos, data)
+		return applyResult{err: err, result: res, hasResult: err == nil}
+	}
 	if rc, ok := n.svc.(ResultCommitter); ok {
 		res, err := rc.CommitResult(data)
 		return applyResult{err: err, result: res, hasResult: err == nil}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -46,6 +47,11 @@ func (s *indexedStore) PreProcessData(body []byte) (interface{}, []byte, error) 
 }
 
 func startIndexed(t *testing.T, dir string, svc *indexedStore) (*embedraft.Node, func()) {
+	t.Helper()
+	return startIndexedService(t, dir, svc)
+}
+
+func startIndexedService(t *testing.T, dir string, svc embedraft.IService) (*embedraft.Node, func()) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -102,5 +108,51 @@ func TestIndexedCommitter(t *testing.T) {
 	defer svc.mu.Unlock()
 	if svc.skipped != 3 || svc.kv.Len() != 3 {
 		t.Fatalf("replay: skipped %d of %v, %d keys", svc.skipped, svc.seen, svc.kv.Len())
+	}
+}
+
+// indexedResultStore is indexedStore with results: the demo's add.
+type indexedResultStore struct {
+	indexedStore
+	results map[embedraft.Position]interface{}
+}
+
+func (s *indexedResultStore) CommitIndexedResult(at embedraft.Position, data []byte) (interface{}, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.seen = append(s.seen, at)
+	if !at.After(s.held) {
+		s.skipped++
+		return s.results[at], nil
+	}
+	s.held = at
+	res, err := s.kv.CommitResult(data)
+	if err == nil {
+		s.results[at] = res
+	}
+	return res, err
+}
+
+// A service that is both indexed and result-computing gets the position
+// and the client gets its result.
+func TestIndexedResultCommitter(t *testing.T) {
+	svc := &indexedResultStore{indexedStore: indexedStore{kv: kvstore.New()}, results: map[embedraft.Position]interface{}{}}
+	node, stop := startIndexedService(t, t.TempDir(), svc)
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for want := 1; want <= 3; want++ {
+		got, err := node.Send(ctx, []byte(`{"key":"n","add":1}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if op, ok := got.(kvstore.Op); !ok || op.Value != strconv.Itoa(want) {
+			t.Fatalf("add %d answered %#v", want, got)
+		}
+	}
+	svc.mu.Lock()
+	defer svc.mu.Unlock()
+	if len(svc.seen) != 3 {
+		t.Fatalf("CommitIndexedResult saw %v", svc.seen)
 	}
 }

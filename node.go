@@ -119,6 +119,8 @@ type Node struct {
 	// standaloneMarked is set once DataDir records that this node has
 	// applied writes in standalone mode (see markStandaloneWrite).
 	standaloneMarked atomic.Bool
+	// snapWanted asks the apply loop for a snapshot now (requestSnapshot).
+	snapWanted atomic.Bool
 	// starter is the leader's record of its last kindStarted proposal.
 	starter startedProposer
 	// heard is when each peer's last raft message arrived.

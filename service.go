@@ -136,8 +136,8 @@ func (p Position) After(q Position) bool {
 // (after a restart, the log is replayed from the last snapshot). Its
 // semantics are otherwise Commit's; standalone writes, having no log,
 // still go through Commit (or CommitResult). A service that implements
-// ResultCommitter too gets CommitResult, without the position (to be
-// joined in a later change).
+// ResultCommitter too gets CommitResult, without the position; one that
+// needs both implements IndexedResultCommitter.
 type IndexedCommitter interface {
 	CommitIndexed(at Position, data []byte) error
 }
@@ -162,4 +162,16 @@ type IndexedCommitter interface {
 // and drop the result); the library does not call it on a ResultCommitter.
 type ResultCommitter interface {
 	CommitResult(data []byte) (result interface{}, err error)
+}
+
+// IndexedResultCommitter joins IndexedCommitter and ResultCommitter for a
+// service that persists its own state and computes its writes' answers: in
+// cluster mode the apply goroutine calls CommitIndexedResult, with the
+// write's log position, instead of CommitResult. A write at or before the
+// position the service already holds (a replay after a restart) must
+// return the result it returned the first time, or nil: the library
+// answers no client for a replayed write. Standalone writes still go
+// through CommitResult.
+type IndexedResultCommitter interface {
+	CommitIndexedResult(at Position, data []byte) (result interface{}, err error)
 }

@@ -48,6 +48,9 @@ type snapshotJob struct {
 // about the snapshot does.
 func (a *applier) maybeSnapshot() {
 	n := a.n
+	if n.snapWanted.Swap(false) {
+		a.snapNow = true
+	}
 	if !a.backupViewFree() {
 		return // a backup is streaming the service's one view
 	}

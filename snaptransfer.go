@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"go.etcd.io/etcd/client/pkg/v3/fileutil"
 	"go.etcd.io/etcd/raft/v3"
@@ -48,12 +49,44 @@ func (n *Node) send(tr *rafthttp.Transport, msgs []raftpb.Message) {
 			rest = append(rest, m)
 			continue
 		}
+		if !inConfState(m.Snapshot.Metadata.ConfState, m.To) {
+			// The newest snapshot predates the member (raft would
+			// ignore it after the whole transfer): have a fresh one
+			// made, and let raft retry once it is saved.
+			n.log.Info("snapshot predates the member it is for; making a fresh one", "to", m.To,
+				"index", m.Snapshot.Metadata.Index)
+			n.requestSnapshot()
+			n.rn.ReportSnapshot(m.To, raft.SnapshotFailure)
+			continue
+		}
 		if err := n.sendSnapshot(tr, m); err != nil {
 			n.log.Error("cannot send snapshot", "to", m.To, "index", m.Snapshot.Metadata.Index, "err", err)
 			n.rn.ReportSnapshot(m.To, raft.SnapshotFailure)
 		}
 	}
 	tr.Send(rest)
+}
+
+// inConfState reports whether id is a member (voter or learner, in either
+// half of a joint configuration) of cs.
+func inConfState(cs raftpb.ConfState, id uint64) bool {
+	for _, ids := range [][]uint64{cs.Voters, cs.Learners, cs.VotersOutgoing, cs.LearnersNext} {
+		if slices.Contains(ids, id) {
+			return true
+		}
+	}
+	return false
+}
+
+// requestSnapshot asks the apply loop for a snapshot at its next batch,
+// and hands it an empty batch so that one comes even with no writes (it
+// is busy otherwise, and will look soon). Raft loop only.
+func (n *Node) requestSnapshot() {
+	n.snapWanted.Store(true)
+	select {
+	case n.applyc <- applyBatch{}:
+	default:
+	}
 }
 
 // sendSnapshot hands a MsgSnap and its state file to rafthttp, which sends
