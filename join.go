@@ -339,22 +339,11 @@ func (n *Node) commitInit(data []byte) error {
 	if _, err := n.waitLeaderWhere(ctx, func(lead uint64) bool { return lead == n.id }); err != nil {
 		return err
 	}
-	reqID := n.reqSeq.Add(1)
-	wait := n.waits.register(reqID)
-	env := entryEnvelope{Kind: kindInit, ReqID: reqID, Origin: n.id, Payload: data}
-	if err := n.rn.Propose(ctx, env.marshal()); err != nil {
-		n.waits.cancel(reqID)
-		return fmt.Errorf("propose init entry: %w", err)
-	}
-	select {
-	case <-wait:
-		return nil
-	case <-ctx.Done():
-		n.waits.cancel(reqID)
-		return fmt.Errorf("init entry: %w", ctx.Err())
-	case <-n.stopc:
-		return ErrStopped
-	}
+	_, _, err := n.proposeWait(ctx, "init entry", func(reqID uint64) error {
+		env := entryEnvelope{Kind: kindInit, ReqID: reqID, Origin: n.id, Payload: data}
+		return n.rn.Propose(ctx, env.marshal())
+	})
+	return err
 }
 
 // requestJoin asks cfg.Join for membership, retrying while the answer may

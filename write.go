@@ -228,55 +228,41 @@ func (n *Node) proposeLocal(ctx context.Context, key string, body []byte) (write
 	return n.propose(ctx, pre)
 }
 
-// propose proposes an envelope with a fresh request id and waits until this
-// node has applied it. ErrNotLeader means nothing was proposed.
+// propose proposes a preprocessed write and waits until this node has
+// applied it (proposeWait). ErrNotLeader or ErrBusy mean nothing was
+// proposed.
 func (n *Node) propose(ctx context.Context, pre *preprocessed) (writeResult, error) {
 	if raft.StateType(n.raftState.Load()) != raft.StateLeader {
 		return writeResult{}, ErrNotLeader
 	}
-	obj := pre.object
-	reqID := n.reqSeq.Add(1)
-	wait := n.waits.register(reqID)
-	p := proposal{reqID: reqID, data: pre.data, key: pre.key, obj: pre.objJSON, done: make(chan error, 1)}
-	select {
-	case n.propc <- p:
-	default:
-		n.metrics.proposalFailed()
-		n.waits.cancel(reqID)
-		return writeResult{}, fmt.Errorf("%w: the leader's proposal queue is full", ErrBusy)
-	}
-	// Once queued, the write may be proposed whatever happens to ctx.
-	select {
-	case err := <-p.done:
-		if err != nil {
+	_, r, err := n.proposeWait(ctx, "write", func(reqID uint64) error {
+		p := proposal{reqID: reqID, data: pre.data, key: pre.key, obj: pre.objJSON, done: make(chan error, 1)}
+		select {
+		case n.propc <- p:
+		default:
 			n.metrics.proposalFailed()
-			n.waits.cancel(reqID)
-			if errors.Is(err, raft.ErrProposalDropped) {
-				return writeResult{}, ErrNotLeader
+			return fmt.Errorf("%w: the leader's proposal queue is full", ErrBusy)
+		}
+		// Once queued, the write may be proposed whatever happens to ctx.
+		select {
+		case err := <-p.done:
+			if err != nil {
+				n.metrics.proposalFailed()
 			}
-			// The proposal may have reached raft before its context ended.
-			return writeResult{}, fmt.Errorf("%w: propose: %w", ErrUnknownOutcome, err)
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.stopc:
+			return ErrStopped
 		}
-	case <-ctx.Done():
-		n.waits.cancel(reqID)
-		return writeResult{}, fmt.Errorf("%w: %w", ErrUnknownOutcome, ctx.Err())
-	case <-n.stopc:
-		n.waits.cancel(reqID)
-		return writeResult{}, fmt.Errorf("%w: %w", ErrUnknownOutcome, ErrStopped)
+	})
+	if err != nil {
+		return writeResult{}, err
 	}
-	select {
-	case r := <-wait:
-		if r.err != nil {
-			return writeResult{index: r.index}, fmt.Errorf("%w: %v", ErrCommit, r.err)
-		}
-		return r.answer(obj), nil
-	case <-ctx.Done():
-		n.waits.cancel(reqID)
-		return writeResult{}, fmt.Errorf("%w: %w", ErrUnknownOutcome, ctx.Err())
-	case <-n.stopc:
-		n.waits.cancel(reqID)
-		return writeResult{}, fmt.Errorf("%w: %w", ErrUnknownOutcome, ErrStopped)
+	if r.err != nil {
+		return writeResult{index: r.index}, fmt.Errorf("%w: %v", ErrCommit, r.err)
 	}
+	return r.answer(pre.object), nil
 }
 
 // forward sends a write to the leader and, when it succeeded, waits until
