@@ -81,74 +81,23 @@ func (n *Node) write(ctx context.Context, key string, body []byte) (_ writeResul
 	n.inflight.Add(1)
 	defer n.inflight.Add(-1)
 	var pre *preprocessed // this node's PreProcessData result, reused across retries
-	var retryUntil time.Time
-	for {
-		// A closing node starts no new attempt (nothing proposed yet: the
-		// client may retry elsewhere); Close waits for the ones under way.
-		if n.closed.Load() {
-			return writeResult{}, fmt.Errorf("%w: node closing", ErrStopped)
+	return viaLeader(ctx, n, func() (writeResult, bool, error) {
+		if res, ok, err := n.shortcut(key); ok {
+			return res, false, err
 		}
-		select {
-		case <-n.stopc:
-			return writeResult{}, ErrStopped
-		default:
-		}
-		lead, err := n.waitLeader(ctx)
-		if err != nil {
-			return writeResult{}, err
-		}
-		var res writeResult
-		retry := false
-		if lead == n.id {
-			if res, ok, err := n.shortcut(key); ok {
-				return res, err
+		if pre == nil {
+			var err error
+			if pre, err = n.preprocess(key, body); err != nil {
+				return writeResult{}, false, err
 			}
-			if pre == nil {
-				if pre, err = n.preprocess(key, body); err != nil {
-					return writeResult{}, err
-				}
-			}
-			res, err = n.propose(ctx, pre)
-			// Not proposed: leadership moved or raft refused it for now
-			// (a leader transfer is in progress).
-			retry = errors.Is(err, ErrNotLeader)
-		} else {
-			res, retry, err = n.forward(ctx, lead, key, body)
 		}
-		if !retry {
-			return res, err
-		}
-		if retryUntil.IsZero() {
-			retryUntil = time.Now().Add(n.cfg.LeaderWait)
-		} else if time.Now().After(retryUntil) {
-			return writeResult{}, fmt.Errorf("%w: leader %d did not accept the write", ErrNoLeader, lead)
-		}
-		if err := n.pauseForLeader(ctx, lead); err != nil {
-			return writeResult{}, err
-		}
-	}
-}
-
-// pauseForLeader waits until the leader is no longer lead, or a couple of
-// ticks (a refusing leader may just be finishing a transfer).
-func (n *Node) pauseForLeader(ctx context.Context, lead uint64) error {
-	t := time.NewTimer(2 * n.cfg.TickInterval)
-	defer t.Stop()
-	for {
-		_, changed := n.leaderSig.watch()
-		if n.leader.Load() != lead {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-t.C:
-			return nil
-		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err())
-		case <-n.stopc:
-			return ErrStopped
-		}
-	}
+		res, err := n.propose(ctx, pre)
+		// Not proposed: leadership moved or raft refused it for now (a
+		// leader transfer is in progress).
+		return res, errors.Is(err, ErrNotLeader), err
+	}, func(lead uint64) (writeResult, bool, error) {
+		return n.forward(ctx, lead, key, body)
+	})
 }
 
 // preprocessed is PreProcessData's answer for one request.
@@ -265,80 +214,29 @@ func (n *Node) propose(ctx context.Context, pre *preprocessed) (writeResult, err
 	return r.answer(pre.object), nil
 }
 
-// forward sends a write to the leader and, when it succeeded, waits until
-// this node has applied the leader's index so the client can read its write
-// here. retry is true when the leader certainly did not propose it (it was
-// unreachable or no longer leader), so the caller may try the next leader.
-func (n *Node) forward(ctx context.Context, lead uint64, key string, body []byte) (res writeResult, retry bool, err error) {
-	m, ok := n.reg.member(lead)
-	if !ok || m.Addr == "" {
-		return res, true, nil
+// forward sends a write to the leader over the forwarding stream and,
+// when it succeeded, waits until this node has applied the leader's index
+// so the client can read its write here. retry is true when the leader
+// certainly did not propose it (toLeader).
+func (n *Node) forward(ctx context.Context, lead uint64, key string, body []byte) (writeResult, bool, error) {
+	resp, retry, err := n.toLeader(ctx, lead, nil, func(base string) (*transport.Response, error) {
+		n.metrics.forwardedWrite()
+		// The stream carries bodies only: the key rides in front of it.
+		return n.fwd.Forward(ctx, base, n.clusterID.Load(), wrapForward(key, body))
+	})
+	if resp == nil {
+		return writeResult{}, retry, err
 	}
-	n.metrics.forwardedWrite()
-	// The stream carries bodies only: the key rides in front of it.
-	resp, err := n.fwd.Forward(ctx, n.dialURL(m.Addr), n.clusterID.Load(), wrapForward(key, body))
 	if err != nil {
-		if errors.Is(err, transport.ErrBusy) {
-			return res, false, fmt.Errorf("%w: the queue to leader %d is full", ErrBusy, lead)
-		}
-		if errors.Is(err, transport.ErrNotSent) {
-			n.log.Debug("leader unreachable", "leader", lead, "err", err)
-			return res, true, nil
-		}
-		if ctx.Err() != nil {
-			return res, false, fmt.Errorf("%w: %w", ErrUnknownOutcome, ctx.Err())
-		}
-		return res, false, fmt.Errorf("%w: forward to leader %d: %v", ErrUnknownOutcome, lead, err)
-	}
-	if resp.Status/100 != 2 {
-		err := decodeAnswer(resp, nil)
-		if errors.Is(err, ErrNotLeader) || (errors.Is(err, ErrStopped) && !errors.Is(err, ErrUnknownOutcome)) {
-			// Refused before proposing (not the leader, or a leader that is
-			// closing): try the next leader.
-			return res, true, nil
-		}
 		// The leader's refusal (or unknown outcome), kept for the HTTP
 		// route to pass on unchanged.
 		return writeResult{forwarded: resp}, false, err
 	}
-	res = writeResult{forwarded: resp, index: resp.Index}
 	if resp.Index > 0 {
 		if err := n.applied.wait(ctx, resp.Index, n.stopc); err != nil {
 			return writeResult{}, false, fmt.Errorf("%w: committed at index %d but not yet applied here: %w",
 				ErrUnknownOutcome, resp.Index, err)
 		}
 	}
-	return res, false, nil
-}
-
-// waitLeader returns the current leader, waiting at most LeaderWait for one.
-func (n *Node) waitLeader(ctx context.Context) (uint64, error) {
-	return n.waitLeaderWhere(ctx, func(lead uint64) bool { return lead != 0 })
-}
-
-// waitLeaderChange waits at most LeaderWait until a leader other than old is
-// known.
-func (n *Node) waitLeaderChange(ctx context.Context, old uint64) error {
-	_, err := n.waitLeaderWhere(ctx, func(lead uint64) bool { return lead != 0 && lead != old })
-	return err
-}
-
-func (n *Node) waitLeaderWhere(ctx context.Context, ok func(uint64) bool) (uint64, error) {
-	deadline := time.NewTimer(n.cfg.LeaderWait)
-	defer deadline.Stop()
-	for {
-		_, changed := n.leaderSig.watch()
-		if lead := n.leader.Load(); ok(lead) {
-			return lead, nil
-		}
-		select {
-		case <-changed:
-		case <-deadline.C:
-			return 0, ErrNoLeader
-		case <-ctx.Done():
-			return 0, fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err())
-		case <-n.stopc:
-			return 0, ErrStopped
-		}
-	}
+	return writeResult{forwarded: resp, index: resp.Index}, false, nil
 }
