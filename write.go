@@ -21,11 +21,13 @@ type writeResult struct {
 	index     uint64
 }
 
-// Send proposes body as a client write and returns PreProcessData's object
-// (or ResultCommitter's result) once the entry is committed and applied on
-// this node. A ctx from WithIdempotencyKey gives the write an
-// Idempotency-Key. See IRaftSender.
-func (n *Node) Send(ctx context.Context, body []byte) (interface{}, error) {
+// Send proposes body as a client write and returns, once the entry is
+// committed and applied on this node, the JSON of PreProcessData's object
+// (or of ResultCommitter's result): the "data" of the answer of
+// POST /raft/api/set, the same type on the leader, on a follower (which
+// has the leader's answer) and on a standalone node. A ctx from
+// WithIdempotencyKey gives the write an Idempotency-Key. See IRaftSender.
+func (n *Node) Send(ctx context.Context, body []byte) (json.RawMessage, error) {
 	key := idempotencyKeyFrom(ctx)
 	if key != "" {
 		if err := CheckIdempotencyKey(key); err != nil {
@@ -45,7 +47,19 @@ func (n *Node) Send(ctx context.Context, body []byte) (interface{}, error) {
 		}
 		return env.Data, nil
 	}
-	return res.object, nil
+	switch obj := res.object.(type) {
+	case nil:
+		return nil, nil // the route's answer has no "data"
+	case json.RawMessage:
+		return obj, nil // an Idempotency-Key's recorded answer
+	default:
+		b, err := json.Marshal(obj)
+		if err != nil {
+			// What the route answers (500), and a follower gets from the leader.
+			return nil, fmt.Errorf("encode answer: %w", err)
+		}
+		return b, nil
+	}
 }
 
 func (n *Node) checkBody(body []byte) error {
