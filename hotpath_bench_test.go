@@ -22,6 +22,7 @@ func BenchmarkHotPath(b *testing.B) {
 	b.Run("heard-touch", func(b *testing.B) {
 		var h heardTracker
 		since := time.Now()
+		h.tick()
 		h.touch(2)
 		h.touch(3)
 		b.RunParallel(func(pb *testing.PB) {
