@@ -131,26 +131,14 @@ func (n *Node) changeMembership(ctx context.Context, decide func() (raftpb.ConfC
 // waited for waitConfReady. pending is the change's request id when its
 // outcome is unknown (it may still be applied), else 0.
 func (n *Node) proposeConfChange(ctx context.Context, cc raftpb.ConfChange, addr string) (pending uint64, err error) {
-	reqID := n.reqSeq.Add(1)
-	cc.Context = confContext{ID: cc.NodeID, Addr: addr, Req: reqID, Origin: n.id}.marshal()
-	wait := n.waits.register(reqID)
-	if err := n.rn.ProposeConfChange(ctx, cc); err != nil {
-		n.waits.cancel(reqID)
-		if errors.Is(err, raft.ErrProposalDropped) {
-			return 0, ErrNotLeader
-		}
-		return reqID, fmt.Errorf("%w: propose membership change: %w", ErrUnknownOutcome, err)
+	reqID, _, err := n.proposeWait(ctx, "membership change", func(reqID uint64) error {
+		cc.Context = confContext{ID: cc.NodeID, Addr: addr, Req: reqID, Origin: n.id}.marshal()
+		return n.rn.ProposeConfChange(ctx, cc)
+	})
+	if errors.Is(err, ErrUnknownOutcome) {
+		return reqID, err
 	}
-	select {
-	case <-wait:
-		return 0, nil
-	case <-ctx.Done():
-		n.waits.cancel(reqID)
-		return reqID, fmt.Errorf("%w: membership change: %w", ErrUnknownOutcome, ctx.Err())
-	case <-n.stopc:
-		n.waits.cancel(reqID)
-		return reqID, fmt.Errorf("%w: %w", ErrUnknownOutcome, ErrStopped)
-	}
+	return 0, err
 }
 
 // waitConfReady waits until raft will accept a conf change from this

@@ -20,7 +20,7 @@
 //	if err != nil { ... }
 //	router.Handle("/raft/*", node.Handler()) // or mount it at "/"
 //	...
-//	obj, err := node.Send(ctx, body)          // or POST /raft/api/set
+//	data, err := node.Send(ctx, body)         // or POST /raft/api/set; data is its JSON answer
 //	...
 //	node.Close(ctx)                           // before shutting the http.Server down
 //

@@ -87,17 +87,17 @@ func Example() {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	obj, err := node.Send(ctx, []byte("40"))
-	fmt.Println(obj, err)
+	obj, err := node.Send(ctx, []byte("40")) // the JSON of PreProcessData's object
+	fmt.Println(string(obj), err)
 	_, err = node.Send(ctx, []byte("two"))
 	fmt.Println(err)
 	obj, _ = node.Send(ctx, []byte("2"))
-	fmt.Println(obj, svc.total, node.Status().Mode)
+	fmt.Println(string(obj), svc.total, node.Status().Mode)
 
 	_ = node.Close(ctx) // close the node first: it ends rafthttp's streams
 	_ = srv.Shutdown(ctx)
 	// Output:
-	// added 40 <nil>
+	// "added 40" <nil>
 	// embedraft: bad request: body must be a number: strconv.Atoi: parsing "two": invalid syntax
-	// added 2 42 cluster
+	// "added 2" 42 cluster
 }

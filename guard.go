@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -299,34 +300,61 @@ func (g *confGate) applied(req uint64) {
 // leader knows which voters are alive right now (raft's RecentActive is
 // reset every election timeout, and rafthttp keeps a stream to a dead peer
 // behind a proxy open).
+//
+// touch runs for every raft message from a peer, so it reads a coarse
+// clock, the time of the raft loop's last tick, instead of time.Now: a
+// recorded time is never later than the message's arrival, so after never
+// counts a message from before t; one that arrived after t counts from the
+// next tick on (at most a tick late, and the callers poll or look back
+// several heartbeats).
 type heardTracker struct {
-	mu sync.RWMutex
-	at map[uint64]*atomic.Int64
+	clock atomic.Int64 // unix nanos of the raft loop's last tick; 0 before the first
+	mu    sync.Mutex   // serializes adding a peer to at
+	// at maps a peer to the unix nanos of its last message. The map is
+	// replaced, never changed, when a peer is added (rarely).
+	at atomic.Pointer[map[uint64]*atomic.Int64]
 }
 
+// tick advances the coarse clock. Called by the raft loop on every tick.
+func (h *heardTracker) tick() { h.clock.Store(time.Now().UnixNano()) }
+
 func (h *heardTracker) touch(id uint64) {
-	h.mu.RLock()
-	a := h.at[id]
-	h.mu.RUnlock()
-	if a == nil {
-		h.mu.Lock()
-		if h.at == nil {
-			h.at = map[uint64]*atomic.Int64{}
-		}
-		if a = h.at[id]; a == nil {
-			a = new(atomic.Int64)
-			h.at[id] = a
-		}
-		h.mu.Unlock()
+	now := h.clock.Load()
+	if now == 0 {
+		now = time.Now().UnixNano()
 	}
-	a.Store(time.Now().UnixNano())
+	h.last(id).Store(now)
+}
+
+// last returns id's record, adding it on its first message.
+func (h *heardTracker) last(id uint64) *atomic.Int64 {
+	if m := h.at.Load(); m != nil {
+		if a := (*m)[id]; a != nil {
+			return a
+		}
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	m := map[uint64]*atomic.Int64{}
+	if old := h.at.Load(); old != nil {
+		if a := (*old)[id]; a != nil {
+			return a
+		}
+		m = maps.Clone(*old)
+	}
+	a := new(atomic.Int64)
+	m[id] = a
+	h.at.Store(&m)
+	return a
 }
 
 // after reports whether a message from id arrived after t.
 func (h *heardTracker) after(id uint64, t time.Time) bool {
-	h.mu.RLock()
-	a := h.at[id]
-	h.mu.RUnlock()
+	m := h.at.Load()
+	if m == nil {
+		return false
+	}
+	a := (*m)[id]
 	return a != nil && a.Load() > t.UnixNano()
 }
 

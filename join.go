@@ -107,93 +107,22 @@ func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
 	return n.leaderCall(ctx, deleteNodePath, body, nil, func() error { return n.removeMemberLocal(ctx, id) })
 }
 
-// leaderCall runs local on the leader, or forwards body to the leader's path
-// and decodes the answer's data into out.
+// leaderCall runs local on the leader, or posts body to the leader's path
+// and decodes the answer's data into out (viaLeader).
 func (n *Node) leaderCall(ctx context.Context, path string, body []byte, out interface{}, local func() error) error {
-	for {
-		switch n.Mode() {
-		case ModeRemoved:
-			return ErrRemoved
-		case ModeStandalone:
-			return ErrNotCluster
-		}
-		lead, err := n.waitLeader(ctx)
-		if err != nil {
-			return err
-		}
-		if lead == n.id {
-			err := local()
-			if errors.Is(err, ErrNotLeader) && ctx.Err() == nil {
-				continue
-			}
-			return err
-		}
-		m, ok := n.reg.member(lead)
-		if !ok || m.Addr == "" {
-			if err := n.waitLeaderChange(ctx, lead); err != nil {
-				return err
-			}
-			continue
-		}
-		resp, err := n.fwd.Post(ctx, n.dialURL(m.Addr)+path, n.clusterID.Load(), body)
-		if errors.Is(err, transport.ErrNotSent) {
-			if err := n.waitLeaderChange(ctx, lead); err != nil {
-				return err
-			}
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("%w: forward to leader %d: %v", ErrUnknownOutcome, lead, err)
-		}
-		rerr := decodeAnswer(resp, out)
-		if errors.Is(rerr, ErrNotLeader) {
-			if err := n.waitLeaderChange(ctx, lead); err != nil {
-				return err
-			}
-			continue
-		}
-		return rerr
+	if out == nil {
+		out = new(json.RawMessage) // the answer is checked all the same
 	}
-}
-
-// remoteError is an error answered by another node, carrying its status.
-type remoteError struct {
-	status int
-	code   string
-	msg    string
-}
-
-func (e *remoteError) Error() string { return e.msg }
-
-// Unwrap maps the remote code back to the sentinel it came from.
-func (e *remoteError) Unwrap() error {
-	for _, c := range errorCodes {
-		if c.code == e.code {
-			return c.err
-		}
-	}
-	return nil
-}
-
-// decodeAnswer decodes a node's envelope answer into out, or its error.
-func decodeAnswer(resp *transport.Response, out interface{}) error {
-	var env struct {
-		Code  string          `json:"code"`
-		Data  json.RawMessage `json:"data"`
-		Error string          `json:"error"`
-	}
-	if err := json.Unmarshal(resp.Body, &env); err != nil {
-		return fmt.Errorf("%w: peer answered %d with a body that is not JSON", ErrUnknownOutcome, resp.Status)
-	}
-	if resp.Status/100 != 2 || env.Code != codeOK {
-		return &remoteError{status: resp.Status, code: env.Code, msg: env.Error}
-	}
-	if out != nil && len(env.Data) > 0 {
-		if err := json.Unmarshal(env.Data, out); err != nil {
-			return fmt.Errorf("decode peer answer: %w", err)
-		}
-	}
-	return nil
+	_, err := viaLeader(ctx, n, func() (struct{}, bool, error) {
+		err := local()
+		return struct{}{}, errors.Is(err, ErrNotLeader), err
+	}, func(lead uint64) (struct{}, bool, error) {
+		_, retry, err := n.toLeader(ctx, lead, out, func(base string) (*transport.Response, error) {
+			return n.fwd.Post(ctx, base+path, n.clusterID.Load(), body)
+		})
+		return struct{}{}, retry, err
+	})
+	return err
 }
 
 // addMemberLocal runs AddMember on the leader. The id is decided only once
@@ -349,22 +278,11 @@ func (n *Node) commitInit(data []byte) error {
 	if _, err := n.waitLeaderWhere(ctx, func(lead uint64) bool { return lead == n.id }); err != nil {
 		return err
 	}
-	reqID := n.reqSeq.Add(1)
-	wait := n.waits.register(reqID)
-	env := entryEnvelope{Kind: kindInit, ReqID: reqID, Origin: n.id, Payload: data}
-	if err := n.rn.Propose(ctx, env.marshal()); err != nil {
-		n.waits.cancel(reqID)
-		return fmt.Errorf("propose init entry: %w", err)
-	}
-	select {
-	case <-wait:
-		return nil
-	case <-ctx.Done():
-		n.waits.cancel(reqID)
-		return fmt.Errorf("init entry: %w", ctx.Err())
-	case <-n.stopc:
-		return ErrStopped
-	}
+	_, _, err := n.proposeWait(ctx, "init entry", func(reqID uint64) error {
+		env := entryEnvelope{Kind: kindInit, ReqID: reqID, Origin: n.id, Payload: data}
+		return n.rn.Propose(ctx, env.marshal())
+	})
+	return err
 }
 
 // requestJoin asks cfg.Join for membership, retrying while the answer may

@@ -13,7 +13,8 @@ import (
 
 // stopped reports whether the node was closed or stopped by an error:
 // every method and route then refuses with ErrStopped (a removed node
-// keeps answering its status).
+// keeps answering its status). Every write and read asks, so it is two
+// atomic loads.
 func (n *Node) stopped() error {
 	if n.closed.Load() {
 		return ErrStopped
@@ -31,19 +32,17 @@ func (n *Node) Done() <-chan struct{} { return n.stopc }
 
 // Err returns the error that stopped the node, if any.
 func (n *Node) Err() error {
-	n.failMu.Lock()
-	defer n.failMu.Unlock()
-	return n.failErr
+	if p := n.failErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
-// stop asks every goroutine to exit; err, when not nil, is why.
+// stop asks every goroutine to exit; err, when not nil, is why (the first
+// such error is the one Err reports).
 func (n *Node) stop(err error) {
 	if err != nil {
-		n.failMu.Lock()
-		if n.failErr == nil {
-			n.failErr = err
-		}
-		n.failMu.Unlock()
+		n.failErr.CompareAndSwap(nil, &err)
 		if n.log != nil {
 			n.log.Error("node stopping", "err", err)
 		}

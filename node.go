@@ -135,8 +135,7 @@ type Node struct {
 	loops     sync.WaitGroup
 	done      chan struct{} // closed when everything is released
 	closeOnce sync.Once
-	failMu    sync.Mutex
-	failErr   error
+	failErr   atomic.Pointer[error] // the first error that stopped the node (lifecycle.go)
 }
 
 // New creates a node from cfg and starts it: standalone, as a static or

@@ -36,6 +36,7 @@ func (n *Node) run() {
 	for {
 		select {
 		case <-ticker.C:
+			n.heard.tick()
 			n.rn.Tick()
 		case rd := <-n.rn.Ready():
 			if rd.SoftState != nil {

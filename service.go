@@ -2,6 +2,7 @@ package embedraft
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 )
 
@@ -60,19 +61,18 @@ type IService interface {
 // IRaftSender is what a service uses to write through the cluster.
 type IRaftSender interface {
 	// Send proposes a request body as a client write would (forwarded to the
-	// leader when needed) and returns PreProcessData's object after commit
-	// and apply on this node. On a follower the object is the leader's JSON
-	// encoding of it, as a json.RawMessage. It must not be called from
-	// Commit, ResetSnap, GetSnapshot or GetInit: they hold the apply path
-	// that Send waits for.
+	// leader when needed) and returns, after commit and apply on this node,
+	// the JSON encoding of PreProcessData's object (or of ResultCommitter's
+	// result): the "data" of POST /raft/api/set's answer, nil when the
+	// object is nil. It is the same on the leader, on a follower and on a
+	// standalone node. It must not be called from Commit, ResetSnap,
+	// GetSnapshot or GetInit: they hold the apply path that Send waits for.
 	//
 	// A ctx made by WithIdempotencyKey gives the write an Idempotency-Key:
 	// retried with the same key after ErrUnknownOutcome (on any member), it
-	// is applied at most once and every retry returns the first outcome;
-	// the object is then the recorded answer (the JSON of PreProcessData's
-	// object or of ResultCommitter's result) as a json.RawMessage, the same
-	// bytes for the first call and every retry.
-	Send(ctx context.Context, body []byte) (interface{}, error)
+	// is applied at most once and every retry returns the first outcome:
+	// the same bytes for the first call and every retry.
+	Send(ctx context.Context, body []byte) (json.RawMessage, error)
 }
 
 // StreamSnapshotter is an optional extension of IService for a service

@@ -32,8 +32,9 @@ func TestStandaloneWriteRunsPreProcessThenCommit(t *testing.T) {
 		t.Fatalf("store has %q after %d PreProcessData calls", v, m.Store.PreProcessCount())
 	}
 	obj, err := m.Node.Send(context.Background(), []byte(`{"key":"b","value":"2"}`))
-	if err != nil || obj.(kvstore.Op).Value != "2" {
-		t.Fatalf("Send: %v %v", obj, err)
+	var op kvstore.Op
+	if err != nil || json.Unmarshal(obj, &op) != nil || op.Value != "2" {
+		t.Fatalf("Send: %s %v", obj, err)
 	}
 	code, body, _ = c.Post(m, "/raft/api/set", []byte(`{"key":`))
 	if code != 400 || !strings.Contains(string(body), "invalid JSON") || m.Store.Len() != 2 {

@@ -3,7 +3,11 @@ package embedraft
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"sync"
+
+	"go.etcd.io/etcd/raft/v3"
 )
 
 // applyResult is what the apply goroutine reports for a write it applied.
@@ -59,6 +63,44 @@ func (w *waitMap[K, V]) trigger(key K, v V) bool {
 		ch <- v
 	}
 	return ok
+}
+
+// proposeWait is the one way an entry is proposed and waited for: it takes
+// a fresh request id, registers a waiter under it before anything is
+// proposed (so the apply goroutine never answers before someone listens),
+// calls propose to hand raft the entry carrying that id, and waits until
+// this node has applied it. what names the entry in errors.
+//
+// propose returns nil once raft has the entry. raft.ErrProposalDropped
+// (reported as ErrNotLeader), or an error of propose wrapping ErrNotLeader
+// or ErrBusy, means nothing was proposed. Any other error of propose, and
+// ctx ending or the node stopping after propose was called, wrap
+// ErrUnknownOutcome: the entry may still be committed and applied, so it is
+// never reported as success or failure. reqID is returned with every error
+// so that a caller can recognise the entry if it is applied later.
+func (n *Node) proposeWait(ctx context.Context, what string, propose func(reqID uint64) error) (reqID uint64, r applyResult, err error) {
+	reqID = n.reqSeq.Add(1)
+	wait := n.waits.register(reqID)
+	if err := propose(reqID); err != nil {
+		n.waits.cancel(reqID)
+		switch {
+		case errors.Is(err, raft.ErrProposalDropped):
+			return reqID, r, ErrNotLeader
+		case errors.Is(err, ErrNotLeader), errors.Is(err, ErrBusy):
+			return reqID, r, err
+		}
+		return reqID, r, fmt.Errorf("%w: propose %s: %w", ErrUnknownOutcome, what, err)
+	}
+	select {
+	case r = <-wait:
+		return reqID, r, nil
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-n.stopc:
+		err = ErrStopped
+	}
+	n.waits.cancel(reqID)
+	return reqID, r, fmt.Errorf("%w: %s: %w", ErrUnknownOutcome, what, err)
 }
 
 // indexNotifier publishes a monotonically growing index (the applied index)

@@ -1,6 +1,13 @@
 package embedraft
 
-import "testing"
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/raft/v3"
+)
 
 func TestWaitMap(t *testing.T) {
 	type op struct {
@@ -62,6 +69,69 @@ func TestWaitMap(t *testing.T) {
 			}
 			if len(w.m) != tt.left {
 				t.Fatalf("%d waiters left, want %d", len(w.m), tt.left)
+			}
+		})
+	}
+}
+
+// proposeWait's outcomes: the waiter exists before propose runs, a refusal
+// is reported as nothing proposed, and anything after propose was called
+// that is not the apply is an unknown outcome.
+func TestProposeWait(t *testing.T) {
+	applied := func(n *Node) func(uint64) error {
+		return func(reqID uint64) error {
+			// The apply goroutine may answer before propose returns.
+			if !n.waits.trigger(reqID, applyResult{index: 9}) {
+				return errors.New("no waiter registered before proposing")
+			}
+			return nil
+		}
+	}
+	refused := func(err error) func(*Node) func(uint64) error {
+		return func(*Node) func(uint64) error { return func(uint64) error { return err } }
+	}
+	pending := func(*Node) func(uint64) error { return func(uint64) error { return nil } }
+	for _, tt := range []struct {
+		name    string
+		propose func(*Node) func(uint64) error
+		stop    bool
+		want    []error // errors.Is; nil: success
+		notWant error
+	}{
+		{name: "OK", propose: applied},
+		{name: "ErrNotLeader/Dropped", propose: refused(raft.ErrProposalDropped), want: []error{ErrNotLeader}, notWant: ErrUnknownOutcome},
+		{name: "ErrBusy", propose: refused(ErrBusy), want: []error{ErrBusy}, notWant: ErrUnknownOutcome},
+		{name: "ErrUnknownOutcome/Propose", propose: refused(context.DeadlineExceeded), want: []error{ErrUnknownOutcome, context.DeadlineExceeded}},
+		{name: "ErrUnknownOutcome/Ctx", propose: pending, want: []error{ErrUnknownOutcome, context.DeadlineExceeded}},
+		{name: "ErrUnknownOutcome/Stopped", propose: pending, stop: true, want: []error{ErrUnknownOutcome, ErrStopped}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			n := &Node{waits: newWaitMap[uint64, applyResult](), stopc: make(chan struct{})}
+			ctx := context.Background()
+			if tt.stop {
+				close(n.stopc)
+			} else {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, 20*time.Millisecond)
+				defer cancel()
+			}
+			reqID, r, err := n.proposeWait(ctx, "test", tt.propose(n))
+			if reqID == 0 {
+				t.Fatal("no request id")
+			}
+			if tt.want == nil && (err != nil || r.index != 9) {
+				t.Fatalf("%+v, %v", r, err)
+			}
+			for _, w := range tt.want {
+				if !errors.Is(err, w) {
+					t.Fatalf("%v, want %v", err, w)
+				}
+			}
+			if tt.notWant != nil && errors.Is(err, tt.notWant) {
+				t.Fatalf("%v is %v", err, tt.notWant)
+			}
+			if n.waits.trigger(reqID, applyResult{}) {
+				t.Fatal("waiter left registered")
 			}
 		})
 	}

@@ -21,11 +21,13 @@ type writeResult struct {
 	index     uint64
 }
 
-// Send proposes body as a client write and returns PreProcessData's object
-// (or ResultCommitter's result) once the entry is committed and applied on
-// this node. A ctx from WithIdempotencyKey gives the write an
-// Idempotency-Key. See IRaftSender.
-func (n *Node) Send(ctx context.Context, body []byte) (interface{}, error) {
+// Send proposes body as a client write and returns, once the entry is
+// committed and applied on this node, the JSON of PreProcessData's object
+// (or of ResultCommitter's result): the "data" of the answer of
+// POST /raft/api/set, the same type on the leader, on a follower (which
+// has the leader's answer) and on a standalone node. A ctx from
+// WithIdempotencyKey gives the write an Idempotency-Key. See IRaftSender.
+func (n *Node) Send(ctx context.Context, body []byte) (json.RawMessage, error) {
 	key := idempotencyKeyFrom(ctx)
 	if key != "" {
 		if err := CheckIdempotencyKey(key); err != nil {
@@ -45,7 +47,19 @@ func (n *Node) Send(ctx context.Context, body []byte) (interface{}, error) {
 		}
 		return env.Data, nil
 	}
-	return res.object, nil
+	switch obj := res.object.(type) {
+	case nil:
+		return nil, nil // the route's answer has no "data"
+	case json.RawMessage:
+		return obj, nil // an Idempotency-Key's recorded answer
+	default:
+		b, err := json.Marshal(obj)
+		if err != nil {
+			// What the route answers (500), and a follower gets from the leader.
+			return nil, fmt.Errorf("encode answer: %w", err)
+		}
+		return b, nil
+	}
 }
 
 func (n *Node) checkBody(body []byte) error {
@@ -81,74 +95,23 @@ func (n *Node) write(ctx context.Context, key string, body []byte) (_ writeResul
 	n.inflight.Add(1)
 	defer n.inflight.Add(-1)
 	var pre *preprocessed // this node's PreProcessData result, reused across retries
-	var retryUntil time.Time
-	for {
-		// A closing node starts no new attempt (nothing proposed yet: the
-		// client may retry elsewhere); Close waits for the ones under way.
-		if n.closed.Load() {
-			return writeResult{}, fmt.Errorf("%w: node closing", ErrStopped)
+	return viaLeader(ctx, n, func() (writeResult, bool, error) {
+		if res, ok, err := n.shortcut(key); ok {
+			return res, false, err
 		}
-		select {
-		case <-n.stopc:
-			return writeResult{}, ErrStopped
-		default:
-		}
-		lead, err := n.waitLeader(ctx)
-		if err != nil {
-			return writeResult{}, err
-		}
-		var res writeResult
-		retry := false
-		if lead == n.id {
-			if res, ok, err := n.shortcut(key); ok {
-				return res, err
+		if pre == nil {
+			var err error
+			if pre, err = n.preprocess(key, body); err != nil {
+				return writeResult{}, false, err
 			}
-			if pre == nil {
-				if pre, err = n.preprocess(key, body); err != nil {
-					return writeResult{}, err
-				}
-			}
-			res, err = n.propose(ctx, pre)
-			// Not proposed: leadership moved or raft refused it for now
-			// (a leader transfer is in progress).
-			retry = errors.Is(err, ErrNotLeader)
-		} else {
-			res, retry, err = n.forward(ctx, lead, key, body)
 		}
-		if !retry {
-			return res, err
-		}
-		if retryUntil.IsZero() {
-			retryUntil = time.Now().Add(n.cfg.LeaderWait)
-		} else if time.Now().After(retryUntil) {
-			return writeResult{}, fmt.Errorf("%w: leader %d did not accept the write", ErrNoLeader, lead)
-		}
-		if err := n.pauseForLeader(ctx, lead); err != nil {
-			return writeResult{}, err
-		}
-	}
-}
-
-// pauseForLeader waits until the leader is no longer lead, or a couple of
-// ticks (a refusing leader may just be finishing a transfer).
-func (n *Node) pauseForLeader(ctx context.Context, lead uint64) error {
-	t := time.NewTimer(2 * n.cfg.TickInterval)
-	defer t.Stop()
-	for {
-		_, changed := n.leaderSig.watch()
-		if n.leader.Load() != lead {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-t.C:
-			return nil
-		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err())
-		case <-n.stopc:
-			return ErrStopped
-		}
-	}
+		res, err := n.propose(ctx, pre)
+		// Not proposed: leadership moved or raft refused it for now (a
+		// leader transfer is in progress).
+		return res, errors.Is(err, ErrNotLeader), err
+	}, func(lead uint64) (writeResult, bool, error) {
+		return n.forward(ctx, lead, key, body)
+	})
 }
 
 // preprocessed is PreProcessData's answer for one request.
@@ -228,131 +191,66 @@ func (n *Node) proposeLocal(ctx context.Context, key string, body []byte) (write
 	return n.propose(ctx, pre)
 }
 
-// propose proposes an envelope with a fresh request id and waits until this
-// node has applied it. ErrNotLeader means nothing was proposed.
+// propose proposes a preprocessed write and waits until this node has
+// applied it (proposeWait). ErrNotLeader or ErrBusy mean nothing was
+// proposed.
 func (n *Node) propose(ctx context.Context, pre *preprocessed) (writeResult, error) {
 	if raft.StateType(n.raftState.Load()) != raft.StateLeader {
 		return writeResult{}, ErrNotLeader
 	}
-	obj := pre.object
-	reqID := n.reqSeq.Add(1)
-	wait := n.waits.register(reqID)
-	p := proposal{reqID: reqID, data: pre.data, key: pre.key, obj: pre.objJSON, done: make(chan error, 1)}
-	select {
-	case n.propc <- p:
-	default:
-		n.metrics.proposalFailed()
-		n.waits.cancel(reqID)
-		return writeResult{}, fmt.Errorf("%w: the leader's proposal queue is full", ErrBusy)
-	}
-	// Once queued, the write may be proposed whatever happens to ctx.
-	select {
-	case err := <-p.done:
-		if err != nil {
+	_, r, err := n.proposeWait(ctx, "write", func(reqID uint64) error {
+		p := proposal{reqID: reqID, data: pre.data, key: pre.key, obj: pre.objJSON, done: make(chan error, 1)}
+		select {
+		case n.propc <- p:
+		default:
 			n.metrics.proposalFailed()
-			n.waits.cancel(reqID)
-			if errors.Is(err, raft.ErrProposalDropped) {
-				return writeResult{}, ErrNotLeader
+			return fmt.Errorf("%w: the leader's proposal queue is full", ErrBusy)
+		}
+		// Once queued, the write may be proposed whatever happens to ctx.
+		select {
+		case err := <-p.done:
+			if err != nil {
+				n.metrics.proposalFailed()
 			}
-			// The proposal may have reached raft before its context ended.
-			return writeResult{}, fmt.Errorf("%w: propose: %w", ErrUnknownOutcome, err)
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.stopc:
+			return ErrStopped
 		}
-	case <-ctx.Done():
-		n.waits.cancel(reqID)
-		return writeResult{}, fmt.Errorf("%w: %w", ErrUnknownOutcome, ctx.Err())
-	case <-n.stopc:
-		n.waits.cancel(reqID)
-		return writeResult{}, fmt.Errorf("%w: %w", ErrUnknownOutcome, ErrStopped)
+	})
+	if err != nil {
+		return writeResult{}, err
 	}
-	select {
-	case r := <-wait:
-		if r.err != nil {
-			return writeResult{index: r.index}, fmt.Errorf("%w: %v", ErrCommit, r.err)
-		}
-		return r.answer(obj), nil
-	case <-ctx.Done():
-		n.waits.cancel(reqID)
-		return writeResult{}, fmt.Errorf("%w: %w", ErrUnknownOutcome, ctx.Err())
-	case <-n.stopc:
-		n.waits.cancel(reqID)
-		return writeResult{}, fmt.Errorf("%w: %w", ErrUnknownOutcome, ErrStopped)
+	if r.err != nil {
+		return writeResult{index: r.index}, fmt.Errorf("%w: %v", ErrCommit, r.err)
 	}
+	return r.answer(pre.object), nil
 }
 
-// forward sends a write to the leader and, when it succeeded, waits until
-// this node has applied the leader's index so the client can read its write
-// here. retry is true when the leader certainly did not propose it (it was
-// unreachable or no longer leader), so the caller may try the next leader.
-func (n *Node) forward(ctx context.Context, lead uint64, key string, body []byte) (res writeResult, retry bool, err error) {
-	m, ok := n.reg.member(lead)
-	if !ok || m.Addr == "" {
-		return res, true, nil
+// forward sends a write to the leader over the forwarding stream and,
+// when it succeeded, waits until this node has applied the leader's index
+// so the client can read its write here. retry is true when the leader
+// certainly did not propose it (toLeader).
+func (n *Node) forward(ctx context.Context, lead uint64, key string, body []byte) (writeResult, bool, error) {
+	resp, retry, err := n.toLeader(ctx, lead, nil, func(base string) (*transport.Response, error) {
+		n.metrics.forwardedWrite()
+		// The stream carries bodies only: the key rides in front of it.
+		return n.fwd.Forward(ctx, base, n.clusterID.Load(), wrapForward(key, body))
+	})
+	if resp == nil {
+		return writeResult{}, retry, err
 	}
-	n.metrics.forwardedWrite()
-	// The stream carries bodies only: the key rides in front of it.
-	resp, err := n.fwd.Forward(ctx, n.dialURL(m.Addr), n.clusterID.Load(), wrapForward(key, body))
 	if err != nil {
-		if errors.Is(err, transport.ErrBusy) {
-			return res, false, fmt.Errorf("%w: the queue to leader %d is full", ErrBusy, lead)
-		}
-		if errors.Is(err, transport.ErrNotSent) {
-			n.log.Debug("leader unreachable", "leader", lead, "err", err)
-			return res, true, nil
-		}
-		if ctx.Err() != nil {
-			return res, false, fmt.Errorf("%w: %w", ErrUnknownOutcome, ctx.Err())
-		}
-		return res, false, fmt.Errorf("%w: forward to leader %d: %v", ErrUnknownOutcome, lead, err)
-	}
-	if resp.Status/100 != 2 {
-		err := decodeAnswer(resp, nil)
-		if errors.Is(err, ErrNotLeader) || (errors.Is(err, ErrStopped) && !errors.Is(err, ErrUnknownOutcome)) {
-			// Refused before proposing (not the leader, or a leader that is
-			// closing): try the next leader.
-			return res, true, nil
-		}
 		// The leader's refusal (or unknown outcome), kept for the HTTP
 		// route to pass on unchanged.
 		return writeResult{forwarded: resp}, false, err
 	}
-	res = writeResult{forwarded: resp, index: resp.Index}
 	if resp.Index > 0 {
 		if err := n.applied.wait(ctx, resp.Index, n.stopc); err != nil {
 			return writeResult{}, false, fmt.Errorf("%w: committed at index %d but not yet applied here: %w",
 				ErrUnknownOutcome, resp.Index, err)
 		}
 	}
-	return res, false, nil
-}
-
-// waitLeader returns the current leader, waiting at most LeaderWait for one.
-func (n *Node) waitLeader(ctx context.Context) (uint64, error) {
-	return n.waitLeaderWhere(ctx, func(lead uint64) bool { return lead != 0 })
-}
-
-// waitLeaderChange waits at most LeaderWait until a leader other than old is
-// known.
-func (n *Node) waitLeaderChange(ctx context.Context, old uint64) error {
-	_, err := n.waitLeaderWhere(ctx, func(lead uint64) bool { return lead != 0 && lead != old })
-	return err
-}
-
-func (n *Node) waitLeaderWhere(ctx context.Context, ok func(uint64) bool) (uint64, error) {
-	deadline := time.NewTimer(n.cfg.LeaderWait)
-	defer deadline.Stop()
-	for {
-		_, changed := n.leaderSig.watch()
-		if lead := n.leader.Load(); ok(lead) {
-			return lead, nil
-		}
-		select {
-		case <-changed:
-		case <-deadline.C:
-			return 0, ErrNoLeader
-		case <-ctx.Done():
-			return 0, fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err())
-		case <-n.stopc:
-			return 0, ErrStopped
-		}
-	}
+	return writeResult{forwarded: resp, index: resp.Index}, false, nil
 }
