@@ -2,6 +2,7 @@ package embedraft_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -283,7 +284,8 @@ func TestClusterSendOnFollowerReturnsLeaderErrors(t *testing.T) {
 		t.Fatalf("Send of a bad body on a follower: %v, %v", obj, err)
 	}
 	obj, err = f.Node.Send(ctx, []byte(`{"key":"k","value":"v"}`))
-	if err != nil || !strings.Contains(string(obj), `"value":"v"`) {
+	raw, _ := obj.(json.RawMessage)
+	if err != nil || !strings.Contains(string(raw), `"value":"v"`) {
 		t.Fatalf("Send on a follower: %s, %v", obj, err)
 	}
 	if v, _ := f.Store.Get("k"); v != "v" {
@@ -291,7 +293,7 @@ func TestClusterSendOnFollowerReturnsLeaderErrors(t *testing.T) {
 	}
 	// The leader answers Send with the same JSON a follower passes on.
 	lobj, err := c.WaitLeader(5*time.Second).Node.Send(ctx, []byte(`{"key":"k","value":"v"}`))
-	if err != nil || string(lobj) != string(obj) {
+	if lraw, _ := lobj.(json.RawMessage); err != nil || string(lraw) != string(raw) {
 		t.Fatalf("Send on the leader: %s, %v; on a follower: %s", lobj, err, obj)
 	}
 }

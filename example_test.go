@@ -87,12 +87,12 @@ func Example() {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	obj, err := node.Send(ctx, []byte("40")) // the JSON of PreProcessData's object
-	fmt.Println(string(obj), err)
+	obj, err := node.Send(ctx, []byte("40")) // a json.RawMessage: PreProcessData's object
+	fmt.Printf("%s %v\n", obj, err)
 	_, err = node.Send(ctx, []byte("two"))
 	fmt.Println(err)
 	obj, _ = node.Send(ctx, []byte("2"))
-	fmt.Println(string(obj), svc.total, node.Status().Mode)
+	fmt.Printf("%s %d %s\n", obj, svc.total, node.Status().Mode)
 
 	_ = node.Close(ctx) // close the node first: it ends rafthttp's streams
 	_ = srv.Shutdown(ctx)

@@ -2,6 +2,7 @@ package embedraft_test
 
 import (
 	"context"
+	"encoding/json"
 	"net"
 	"net/http"
 	"strconv"
@@ -146,7 +147,8 @@ func TestIndexedResultCommitter(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if op, ok := got.(kvstore.Op); !ok || op.Value != strconv.Itoa(want) {
+		var op kvstore.Op
+		if raw, ok := got.(json.RawMessage); !ok || json.Unmarshal(raw, &op) != nil || op.Value != strconv.Itoa(want) {
 			t.Fatalf("add %d answered %#v", want, got)
 		}
 	}

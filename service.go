@@ -2,7 +2,6 @@ package embedraft
 
 import (
 	"context"
-	"encoding/json"
 	"io"
 )
 
@@ -72,7 +71,10 @@ type IRaftSender interface {
 	// retried with the same key after ErrUnknownOutcome (on any member), it
 	// is applied at most once and every retry returns the first outcome:
 	// the same bytes for the first call and every retry.
-	Send(ctx context.Context, body []byte) (json.RawMessage, error)
+	//
+	// The result is always a json.RawMessage (or nil), typed interface{}
+	// as the reference API it descends from is.
+	Send(ctx context.Context, body []byte) (interface{}, error)
 }
 
 // StreamSnapshotter is an optional extension of IService for a service

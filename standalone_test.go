@@ -33,7 +33,8 @@ func TestStandaloneWriteRunsPreProcessThenCommit(t *testing.T) {
 	}
 	obj, err := m.Node.Send(context.Background(), []byte(`{"key":"b","value":"2"}`))
 	var op kvstore.Op
-	if err != nil || json.Unmarshal(obj, &op) != nil || op.Value != "2" {
+	raw, _ := obj.(json.RawMessage)
+	if err != nil || json.Unmarshal(raw, &op) != nil || op.Value != "2" {
 		t.Fatalf("Send: %s %v", obj, err)
 	}
 	code, body, _ = c.Post(m, "/raft/api/set", []byte(`{"key":`))

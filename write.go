@@ -25,9 +25,10 @@ type writeResult struct {
 // committed and applied on this node, the JSON of PreProcessData's object
 // (or of ResultCommitter's result): the "data" of the answer of
 // POST /raft/api/set, the same type on the leader, on a follower (which
-// has the leader's answer) and on a standalone node. A ctx from
+// has the leader's answer) and on a standalone node: a json.RawMessage,
+// or nil when the object is nil. A ctx from
 // WithIdempotencyKey gives the write an Idempotency-Key. See IRaftSender.
-func (n *Node) Send(ctx context.Context, body []byte) (json.RawMessage, error) {
+func (n *Node) Send(ctx context.Context, body []byte) (interface{}, error) {
 	key := idempotencyKeyFrom(ctx)
 	if key != "" {
 		if err := CheckIdempotencyKey(key); err != nil {
@@ -45,6 +46,9 @@ func (n *Node) Send(ctx context.Context, body []byte) (json.RawMessage, error) {
 		if err := json.Unmarshal(res.forwarded.Body, &env); err != nil {
 			return nil, fmt.Errorf("decode leader answer: %w", err)
 		}
+		if env.Data == nil {
+			return nil, nil
+		}
 		return env.Data, nil
 	}
 	switch obj := res.object.(type) {
@@ -58,7 +62,7 @@ func (n *Node) Send(ctx context.Context, body []byte) (json.RawMessage, error) {
 			// What the route answers (500), and a follower gets from the leader.
 			return nil, fmt.Errorf("encode answer: %w", err)
 		}
-		return b, nil
+		return json.RawMessage(b), nil
 	}
 }
 
