@@ -134,26 +134,36 @@ func writeStateFile(dir, name string, members []byte, view SnapshotView, stop <-
 		return snapRef{}, fmt.Errorf("snapshot view: %w", err)
 	}
 	ref := snapRef{File: name, Size: cw.n, CRC: cw.crc.Sum32()}
-	if err := binary.Write(bw, binary.BigEndian, ref.CRC); err != nil {
-		return snapRef{}, fmt.Errorf("%w: write state file: %v", ErrStorage, err)
-	}
-	if err := bw.Flush(); err != nil {
-		return snapRef{}, fmt.Errorf("%w: write state file: %v", ErrStorage, err)
-	}
-	if err := fileutil.Fsync(f); err != nil {
-		return snapRef{}, fmt.Errorf("%w: sync state file: %v", ErrStorage, err)
-	}
-	if err := f.Close(); err != nil {
-		return snapRef{}, fmt.Errorf("%w: close state file: %v", ErrStorage, err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return snapRef{}, fmt.Errorf("%w: rename state file: %v", ErrStorage, err)
+	if err := finishStateFile(f, bw, ref.CRC, filepath.Join(dir, name)); err != nil {
+		return snapRef{}, err
 	}
 	ok = true
 	if err := fsyncDir(dir); err != nil {
 		return snapRef{}, fmt.Errorf("%w: sync state dir: %v", ErrStorage, err)
 	}
 	return ref, nil
+}
+
+// finishStateFile appends the checksum to a state file written through bw,
+// makes it durable, closes it and renames it to path (the caller then
+// fsyncs the directory). On error the caller removes the temporary file.
+func finishStateFile(f *os.File, bw *bufio.Writer, crc uint32, path string) error {
+	if err := binary.Write(bw, binary.BigEndian, crc); err != nil {
+		return fmt.Errorf("%w: write state file: %v", ErrStorage, err)
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("%w: write state file: %v", ErrStorage, err)
+	}
+	if err := fileutil.Fsync(f); err != nil {
+		return fmt.Errorf("%w: sync state file: %v", ErrStorage, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("%w: close state file: %v", ErrStorage, err)
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return fmt.Errorf("%w: rename state file: %v", ErrStorage, err)
+	}
+	return nil
 }
 
 func fsyncDir(dir string) error {

@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"slices"
 
-	"go.etcd.io/etcd/client/pkg/v3/fileutil"
 	"go.etcd.io/etcd/raft/v3"
 	"go.etcd.io/etcd/raft/v3/raftpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/rafthttp"
@@ -270,20 +269,8 @@ func receiveStateFile(dir string, md raftpb.SnapshotMetadata, ref snapRef, r io.
 	if n, _ := r.Read(make([]byte, 1)); n != 0 {
 		return snapRef{}, errors.New("stream is longer than its snapshot")
 	}
-	if err := binary.Write(bw, binary.BigEndian, trailer); err != nil {
-		return snapRef{}, fmt.Errorf("%w: write state file: %v", ErrStorage, err)
-	}
-	if err := bw.Flush(); err != nil {
-		return snapRef{}, fmt.Errorf("%w: write state file: %v", ErrStorage, err)
-	}
-	if err := fileutil.Fsync(f); err != nil {
-		return snapRef{}, fmt.Errorf("%w: sync state file: %v", ErrStorage, err)
-	}
-	if err := f.Close(); err != nil {
-		return snapRef{}, fmt.Errorf("%w: close state file: %v", ErrStorage, err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return snapRef{}, fmt.Errorf("%w: rename state file: %v", ErrStorage, err)
+	if err := finishStateFile(f, bw, trailer, filepath.Join(dir, name)); err != nil {
+		return snapRef{}, err
 	}
 	ok = true
 	if err := fsyncDir(dir); err != nil {
