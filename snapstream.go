@@ -106,6 +106,29 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// stateSyncBytes is how much of a state file is written between two
+// fdatasyncs. A snapshot of a large state would otherwise leave hundreds of
+// MiB dirty in the page cache, and the WAL's fdatasync on the same disk
+// (ext4 commits them together) would wait for all of it: syncing in steps
+// keeps the backlog, and so the WAL's stall, small.
+const stateSyncBytes = 8 << 20
+
+// syncingWriter writes to a state file, syncing it every stateSyncBytes.
+type syncingWriter struct {
+	f       *os.File
+	pending int
+}
+
+func (w *syncingWriter) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	w.pending += n
+	if err == nil && w.pending >= stateSyncBytes {
+		w.pending = 0
+		err = fileutil.Fdatasync(w.f)
+	}
+	return n, err
+}
+
 // writeStateFile writes a state file from the membership and the view, and
 // returns the reference to it. It does not release the view.
 func writeStateFile(dir, name string, members []byte, view SnapshotView, stop <-chan struct{}) (snapRef, error) {
@@ -124,7 +147,7 @@ func writeStateFile(dir, name string, members []byte, view SnapshotView, stop <-
 			os.Remove(tmp)
 		}
 	}()
-	bw := bufio.NewWriterSize(f, 1<<20)
+	bw := bufio.NewWriterSize(&syncingWriter{f: f}, 1<<20)
 	cw := &countingWriter{w: bw, crc: crc32.New(crcTable), stop: stop}
 	head := append(snapMagic[:len(snapMagic):len(snapMagic)], binary.AppendUvarint(nil, uint64(len(members)))...)
 	if _, err := cw.Write(append(head, members...)); err != nil {

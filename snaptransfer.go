@@ -250,7 +250,7 @@ func receiveStateFile(dir string, md raftpb.SnapshotMetadata, ref snapRef, r io.
 		}
 	}()
 	crc := crc32.New(crcTable)
-	bw := bufio.NewWriterSize(f, 1<<20)
+	bw := bufio.NewWriterSize(&syncingWriter{f: f}, 1<<20)
 	got, err := io.Copy(io.MultiWriter(bw, crc), io.LimitReader(r, ref.Size))
 	if err != nil {
 		return snapRef{}, fmt.Errorf("stream: %v", err)
