@@ -168,12 +168,6 @@ func (c *Cluster) shutdown() {
 	}
 }
 
-// Proxy returns the proxy node from dials node to through, at to's
-// current port.
-func (c *Cluster) Proxy(from, to int) *Proxy {
-	return c.proxies[[3]int{from, to, c.Nodes[to-1].Port()}]
-}
-
 // Isolate cuts every connection to and from node k (both directions).
 func (c *Cluster) Isolate(k int) {
 	for key, p := range c.proxies {

@@ -14,13 +14,6 @@ import (
 // reached through proxies (and Isolate, CutOneWay and the other network
 // faults still apply to it).
 
-// SparePort is the port the next Move puts the node on.
-func (n *Node) SparePort() int {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.sparePort
-}
-
 // Move swaps the node's port and its spare port: its next start listens
 // on (and, without -advertise, advertises) http://127.0.0.1:<the spare
 // port>. The node must be down. Its flags are unchanged, so -id and -peers

@@ -115,13 +115,6 @@ type Node struct {
 	expected []logRange  // log ranges of processes that exited as expected
 }
 
-// Port is the port the node listens on (its current start, or its next).
-func (n *Node) Port() int {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.port
-}
-
 // URL is the node's advertised URL, http(s)://127.0.0.1:Port.
 func (n *Node) URL() string {
 	n.mu.Lock()
