@@ -34,65 +34,63 @@ type Leaf struct {
 
 // NewCA returns a new self-signed CA named name.
 func NewCA(name string) (*CA, error) {
-	sn, err := serial()
-	if err != nil {
-		return nil, err
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, err
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          sn,
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, err
-	}
-	cert, err := x509.ParseCertificate(der)
+	cert, der, key, err := issue(name, func(t *x509.Certificate) {
+		t.KeyUsage = x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature
+		t.BasicConstraintsValid, t.IsCA = true, true
+	}, nil, nil)
 	if err != nil {
 		return nil, err
 	}
 	return &CA{Cert: cert, CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), key: key}, nil
 }
 
-// Leaf issues a certificate for server and client authentication whose
-// SANs are hosts (IP addresses or DNS names).
-func (ca *CA) Leaf(name string, hosts ...string) (*Leaf, error) {
+// issue makes a key and a certificate named name, valid from an hour ago
+// for a day, shaped by fill, signed by parent (self-signed when nil).
+func issue(name string, fill func(*x509.Certificate), parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (
+	*x509.Certificate, []byte, *ecdsa.PrivateKey, error) {
 	sn, err := serial()
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: sn,
 		Subject:      pkix.Name{CommonName: name},
 		NotBefore:    time.Now().Add(-time.Hour),
 		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
-	for _, h := range hosts {
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
+	fill(tmpl)
+	if parent == nil {
+		parent, parentKey = tmpl, key
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return cert, der, key, nil
+}
+
+// Leaf issues a certificate for server and client authentication whose
+// SANs are hosts (IP addresses or DNS names).
+func (ca *CA) Leaf(name string, hosts ...string) (*Leaf, error) {
+	cert, der, key, err := issue(name, func(t *x509.Certificate) {
+		t.KeyUsage = x509.KeyUsageDigitalSignature
+		t.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+		for _, h := range hosts {
+			if ip := net.ParseIP(h); ip != nil {
+				t.IPAddresses = append(t.IPAddresses, ip)
+			} else {
+				t.DNSNames = append(t.DNSNames, h)
+			}
+		}
+	}, ca.Cert, ca.key)
 	if err != nil {
 		return nil, err
 	}
