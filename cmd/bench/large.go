@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -263,51 +262,18 @@ func (b *bencher) preload(ctx context.Context, n, conc int) error {
 // cfg.Duration, overwriting the preloaded keys in turn (so the live state
 // keeps its size), and returns every request's timing.
 func (b *bencher) windowedLoad(ctx context.Context, cfg largeConfig, start time.Time) ([]sample, error) {
-	var (
-		seq     atomic.Uint64
-		ops     atomic.Int64
-		wg      sync.WaitGroup
-		results = make([][]sample, cfg.Concurrency)
-	)
-	deadline := start.Add(cfg.Duration)
+	results := make([][]sample, cfg.Concurrency)
 	keys := uint64(cfg.Preload)
-	for w := range cfg.Concurrency {
-		wg.Add(1)
-		go func() { // exits at the deadline or when ctx ends
-			defer wg.Done()
-			for ctx.Err() == nil && time.Now().Before(deadline) {
-				i := seq.Add(1) - 1
-				t0 := time.Now()
-				err := b.write(ctx, b.targets[i%uint64(len(b.targets))].URL, "k"+strconv.FormatUint(i%keys, 10))
-				if ctx.Err() != nil {
-					return
-				}
-				now := time.Now()
-				results[w] = append(results[w], sample{End: now.Sub(start), Lat: now.Sub(t0), Err: err != nil})
-				if err == nil {
-					ops.Add(1)
-				}
-			}
-		}()
-	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	line := func() {
-		el := time.Since(start).Seconds()
-		fmt.Fprintf(b.progress, "\rload c=%-4d %5.1fs %9d ops %9.0f ops/s ", cfg.Concurrency, el, ops.Load(), float64(ops.Load())/el)
-	}
-	for waiting := true; waiting; {
-		select {
-		case <-done:
-			waiting = false
-		case <-tick.C:
-			line()
+	b.closedLoop(ctx, "load", cfg.Concurrency, start, start.Add(cfg.Duration), func(w int, i uint64) bool {
+		t0 := time.Now()
+		err := b.write(ctx, b.targets[i%uint64(len(b.targets))].URL, "k"+strconv.FormatUint(i%keys, 10))
+		if ctx.Err() != nil {
+			return false
 		}
-	}
-	line()
-	fmt.Fprintln(b.progress)
+		now := time.Now()
+		results[w] = append(results[w], sample{End: now.Sub(start), Lat: now.Sub(t0), Err: err != nil})
+		return err == nil
+	})
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

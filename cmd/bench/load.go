@@ -279,6 +279,49 @@ func (b *bencher) waitApplied(ctx context.Context) error {
 	return nil
 }
 
+// closedLoop runs c workers until deadline or until ctx ends, each calling
+// op with its index and the next sequence number (op reports a success,
+// counted in the progress line printed every second). It returns once
+// every worker has.
+func (b *bencher) closedLoop(ctx context.Context, label string, c int, start, deadline time.Time,
+	op func(w int, i uint64) bool) {
+	var (
+		seq atomic.Uint64
+		ops atomic.Int64
+		wg  sync.WaitGroup
+	)
+	for w := range c {
+		wg.Add(1)
+		go func() { // exits at the deadline or when ctx ends
+			defer wg.Done()
+			for ctx.Err() == nil && time.Now().Before(deadline) {
+				if op(w, seq.Add(1)-1) {
+					ops.Add(1)
+				}
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	line := func() {
+		el := time.Since(start).Seconds()
+		n := ops.Load()
+		fmt.Fprintf(b.progress, "\r%-10s c=%-4d %5.1fs %9d ops %9.0f ops/s ", label, c, el, n, float64(n)/el)
+	}
+	for waiting := true; waiting; {
+		select {
+		case <-done:
+			waiting = false
+		case <-tick.C:
+			line()
+		}
+	}
+	line()
+	fmt.Fprintln(b.progress)
+}
+
 // workerResult is what one worker measured; only it writes to it until
 // the worker is done.
 type workerResult struct {
@@ -297,58 +340,28 @@ func (b *bencher) runPoint(ctx context.Context, workload string, c int) (point, 
 	if b.cfg.ProfileDir != "" {
 		prof = b.startProfiles(ctx, workload, c)
 	}
-	var (
-		seq     atomic.Uint64
-		ops     atomic.Int64
-		wg      sync.WaitGroup
-		results = make([]workerResult, c)
-	)
+	results := make([]workerResult, c)
+	rngs := make([]*rand.Rand, c)
 	start := time.Now()
-	deadline := start.Add(b.cfg.Duration)
-	for w := range c {
-		wg.Add(1)
-		go func() { // exits at the deadline or when ctx ends
-			defer wg.Done()
-			res := &results[w]
-			rng := rand.New(rand.NewPCG(uint64(w), uint64(start.UnixNano())))
-			for ctx.Err() == nil && time.Now().Before(deadline) {
-				i := seq.Add(1) - 1
-				t0 := time.Now()
-				if err := b.op(ctx, workload, i, rng); err != nil {
-					if ctx.Err() != nil {
-						return
-					}
-					res.errs++
-					if res.first == "" {
-						res.first = err.Error()
-					}
-					continue
+	for w := range rngs {
+		rngs[w] = rand.New(rand.NewPCG(uint64(w), uint64(start.UnixNano())))
+	}
+	b.closedLoop(ctx, workload, c, start, start.Add(b.cfg.Duration), func(w int, i uint64) bool {
+		res := &results[w]
+		t0 := time.Now()
+		if err := b.op(ctx, workload, i, rngs[w]); err != nil {
+			if ctx.Err() == nil {
+				res.errs++
+				if res.first == "" {
+					res.first = err.Error()
 				}
-				res.lats = append(res.lats, time.Since(t0))
-				ops.Add(1)
 			}
-		}()
-	}
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	line := func() {
-		el := time.Since(start)
-		n := ops.Load()
-		fmt.Fprintf(b.progress, "\r%-10s c=%-4d %5.1fs %9d ops %9.0f ops/s ", workload, c, el.Seconds(), n, float64(n)/el.Seconds())
-	}
-	for waiting := true; waiting; {
-		select {
-		case <-done:
-			waiting = false
-		case <-tick.C:
-			line()
+			return false
 		}
-	}
+		res.lats = append(res.lats, time.Since(t0))
+		return true
+	})
 	elapsed := time.Since(start)
-	line()
-	fmt.Fprintln(b.progress)
 	nodes := mon.stop()
 	self1, _ := procCPU(os.Getpid())
 	var profiles []string
