@@ -172,8 +172,9 @@ type ResultCommitter interface {
 // write's log position, instead of CommitResult. A write at or before the
 // position the service already holds (a replay after a restart) must
 // return the result it returned the first time, or nil: the library
-// answers no client for a replayed write. Standalone writes still go
-// through CommitResult.
+// answers no client for a replayed write. Standalone writes have no log
+// position: they go through CommitResult, so such a service implements
+// ResultCommitter too (else they get Commit, and no result).
 type IndexedResultCommitter interface {
 	CommitIndexedResult(at Position, data []byte) (result interface{}, err error)
 }
