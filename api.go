@@ -194,8 +194,9 @@ func (n *Node) handleForwardStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// A keyed write comes with its key in front of the body (wrapForward).
-	transport.ServeForward(w, r, n.stopc, n.cfg.MaxRequestBytes+maxForwardPrefix,
-		func(ctx context.Context, body []byte) transport.StreamAnswer {
+	from, _ := strconv.ParseUint(r.Header.Get(transport.HeaderFrom), 10, 64)
+	transport.ServeForward(w, r, n.stopc, n.cfg.MaxRequestBytes+maxForwardPrefix, transport.StreamHandlers{
+		Write: func(ctx context.Context, body []byte) transport.StreamAnswer {
 			ctx, cancel := context.WithTimeout(ctx, n.cfg.ForwardTimeout)
 			defer cancel()
 			var res writeResult
@@ -209,10 +210,18 @@ func (n *Node) handleForwardStream(w http.ResponseWriter, r *http.Request) {
 			status, b := envelopeOf(res.object, err)
 			return transport.StreamAnswer{Status: status, Index: res.index, Body: b}
 		},
-		func() transport.StreamAnswer {
+		Busy: func() transport.StreamAnswer {
 			status, b := envelopeOf(nil, fmt.Errorf("%w: leader's forwarding queue is full", ErrBusy))
 			return transport.StreamAnswer{Status: status, Body: b}
-		})
+		},
+		ReadIndex: func(term uint64) transport.StreamAnswer {
+			index, err := n.readIndexFor(from, term)
+			if err != nil {
+				return transport.StreamAnswer{Status: http.StatusConflict, Body: []byte(err.Error())}
+			}
+			return transport.StreamAnswer{Status: http.StatusOK, Index: index}
+		},
+	})
 }
 
 // handleTransferLeader is POST /raft/api/transferLeader {"to":N}.

@@ -17,6 +17,7 @@ import (
 func (n *Node) applyLoop(confState raftpb.ConfState, snapIndex uint64) {
 	defer n.loops.Done()
 	a := applier{n: n, confState: confState, appliedIndex: snapIndex, snapIndex: snapIndex}
+	n.setVoters(confState)
 	for {
 		select {
 		case b := <-n.applyc:
@@ -65,6 +66,7 @@ func (a *applier) apply(b applyBatch) error {
 			return err
 		}
 		a.confState = b.snapshot.Metadata.ConfState
+		n.setVoters(a.confState)
 		a.appliedIndex, a.snapIndex = b.snapshot.Metadata.Index, b.snapshot.Metadata.Index
 		n.syncTransportPeers()
 		n.membershipChanged(a.appliedIndex)
@@ -155,6 +157,7 @@ func (a *applier) applyConfChange(index uint64, cc raftpb.ConfChangeV2) {
 	n := a.n
 	before := a.confState
 	a.confState = *n.rn.ApplyConfChange(cc)
+	n.setVoters(a.confState)
 	if err := n.reg.applyConfChange(cc); err != nil {
 		n.log.Error("conf change context", "err", err)
 	}

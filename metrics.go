@@ -42,6 +42,9 @@ type nodeMetrics struct {
 	proposalsFailed prometheus.Counter
 	peerRefused     prometheus.Counter
 	eventsDropped   prometheus.Counter
+	readRounds      *prometheus.CounterVec
+	readsByRaft     prometheus.Counter // readRounds' children, looked up once
+	readsByLeader   prometheus.Counter
 }
 
 // initMetrics creates the node's series and registers them on
@@ -92,9 +95,16 @@ func (n *Node) initMetrics() {
 		Name: "embedraft_events_dropped_total",
 		Help: "Events not delivered to a subscriber whose buffer was full (leader changes coalesced instead).",
 	})
+	m.readRounds = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "embedraft_read_rounds_total",
+		Help: "Linearizable read rounds confirmed here (each serves every read that joined it), by how: " +
+			"raft's ReadIndex, or the leader's commit index asked over the forwarding stream.",
+	}, []string{"via"})
+	m.readsByRaft = m.readRounds.WithLabelValues("raft")
+	m.readsByLeader = m.readRounds.WithLabelValues("leader")
 	cs := []prometheus.Collector{
 		stateCollector{n}, m.leaderChanges, m.writes, m.writeDuration, m.forwarded,
-		m.snapshots, m.snapDuration, m.proposalsFailed, m.peerRefused, m.eventsDropped,
+		m.snapshots, m.snapDuration, m.proposalsFailed, m.peerRefused, m.eventsDropped, m.readRounds,
 	}
 
 	m.reg = n.cfg.Registerer
@@ -178,6 +188,18 @@ func (m *nodeMetrics) observeWrite(start time.Time, err *error) {
 func (m *nodeMetrics) forwardedWrite() {
 	if m != nil {
 		m.forwarded.Inc()
+	}
+}
+
+// readRound records a linearizable read round confirmed by raft's
+// ReadIndex, or by the leader's commit index (byLeader).
+func (m *nodeMetrics) readRound(byLeader bool) {
+	switch {
+	case m == nil:
+	case byLeader:
+		m.readsByLeader.Inc()
+	default:
+		m.readsByRaft.Inc()
 	}
 }
 

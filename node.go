@@ -98,6 +98,11 @@ type Node struct {
 	term      atomic.Uint64
 	commit    atomic.Uint64
 	leaderSig *indexNotifier // bumped on every leader change
+	// view is raft's state as the raft loop last saw it, published before
+	// it sends any message of the same Ready; voters is the configuration
+	// the apply loop last gave raft (readindex.go).
+	view   atomic.Pointer[raftView]
+	voters atomic.Pointer[raftpb.ConfState]
 
 	metrics *nodeMetrics // metrics.go
 	events  eventHub     // events.go

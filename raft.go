@@ -33,12 +33,14 @@ func (n *Node) run() {
 	defer ticker.Stop()
 	tr := n.peerTr.Load()
 	isLeader := false
+	var view viewTracker
 	for {
 		select {
 		case <-ticker.C:
 			n.heard.tick()
 			n.rn.Tick()
 		case rd := <-n.rn.Ready():
+			n.publishView(&view, &rd)
 			if rd.SoftState != nil {
 				isLeader = rd.SoftState.RaftState == raft.StateLeader
 				n.raftState.Store(uint32(rd.SoftState.RaftState))

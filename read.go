@@ -78,9 +78,11 @@ func (r *readBatcher) rotate() *readRound {
 }
 
 // LinearizableRead returns once this node has applied every write that was
-// acknowledged before the call, using raft's ReadIndex (confirmed by a
-// quorum of heartbeats), so a read of local state right after it is
-// linearizable. Concurrent calls share one ReadIndex. On a standalone node
+// acknowledged before the call, so a read of local state right after it is
+// linearizable. The read index comes from raft's ReadIndex (confirmed by a
+// quorum of heartbeats) or, on a follower of at most three voters, from the
+// leader's commit index when the follower's request completes the quorum
+// (readindex.go). Concurrent calls share one read index. On a standalone node
 // it returns at once. It waits at most until ctx ends, and at most
 // LeaderWait+ForwardTimeout; it returns an error wrapping ErrNoLeader when
 // no leader confirmed the read in time, ErrStopped when the node stops, and
@@ -133,40 +135,54 @@ func (n *Node) readLoop() {
 	}
 }
 
-// confirmRead asks raft for a read index with a fresh request context,
-// again every readRetryInterval while unanswered (raft drops the request
-// without a leader, and a retry keeps the context, so any answer counts),
-// and waits until this node has applied it. A round is bounded as a read
-// is, by LeaderWait+ForwardTimeout.
+// confirmRead gets a read index, from the leader's commit over the
+// forwarding stream when the leader can vouch for it (readindex.go), else
+// from raft's ReadIndex, and waits until this node has applied it. A round
+// is bounded as a read is, by LeaderWait+ForwardTimeout.
 func (n *Node) confirmRead() error {
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.LeaderWait+n.cfg.ForwardTimeout)
+	defer cancel()
+	index, ok := n.leaderReadIndex(ctx)
+	if !ok {
+		var err error
+		if index, err = n.raftReadIndex(ctx); err != nil {
+			return err
+		}
+	}
+	if err := n.applied.wait(ctx, index, n.stopc); err != nil {
+		if errors.Is(err, ErrStopped) {
+			return err
+		}
+		return fmt.Errorf("%w: wait for apply: %w", ErrNoLeader, err)
+	}
+	return nil
+}
+
+// raftReadIndex asks raft for a read index with a fresh request context,
+// again every readRetryInterval while unanswered (raft drops the request
+// without a leader, and a retry keeps the context, so any answer counts).
+func (n *Node) raftReadIndex(ctx context.Context) (uint64, error) {
 	// Request contexts come from reqSeq, which starts at a random point:
 	// a ReadState of an earlier incarnation never matches.
 	var key [8]byte
 	binary.BigEndian.PutUint64(key[:], n.reqSeq.Add(1))
 	got := n.reads.states.register(string(key[:]))
 	defer n.reads.states.cancel(string(key[:]))
-	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.LeaderWait+n.cfg.ForwardTimeout)
-	defer cancel()
 	retry := time.NewTicker(readRetryInterval)
 	defer retry.Stop()
 	for {
 		if err := n.rn.ReadIndex(ctx, key[:]); err != nil {
-			return fmt.Errorf("%w: read index: %w", ErrNoLeader, err)
+			return 0, fmt.Errorf("%w: read index: %w", ErrNoLeader, err)
 		}
 		select {
 		case index := <-got:
-			if err := n.applied.wait(ctx, index, n.stopc); err != nil {
-				if errors.Is(err, ErrStopped) {
-					return err
-				}
-				return fmt.Errorf("%w: wait for apply: %w", ErrNoLeader, err)
-			}
-			return nil
+			n.metrics.readRound(false)
+			return index, nil
 		case <-retry.C:
 		case <-ctx.Done():
-			return fmt.Errorf("%w: read index not confirmed", ErrNoLeader)
+			return 0, fmt.Errorf("%w: read index not confirmed", ErrNoLeader)
 		case <-n.stopc:
-			return ErrStopped
+			return 0, ErrStopped
 		}
 	}
 }

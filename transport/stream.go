@@ -24,6 +24,13 @@ import (
 //	request frame:  id uint64 | length uint32 | body
 //	answer frame:   id uint64 | status uint32 | index uint64 | length uint32 | body
 //
+// A request frame whose length has readFrameFlag set asks for a read index
+// instead of carrying a write: its body is the follower's raft term (8
+// bytes), and the leader answers at once with its commit index (status 200)
+// or refuses (any other status; the follower then uses raft's ReadIndex).
+// A leader that serves such frames says so with HeaderStreamReads when it
+// accepts the stream; a follower sends none to a leader that did not.
+//
 // A request that was never written to the stream was certainly not proposed
 // (ErrNotSent: the caller may try another leader). A request written to a
 // stream that broke before its answer came may have been proposed: its
@@ -31,6 +38,13 @@ import (
 
 // ForwardPath is the leader route that serves forwarding streams.
 const ForwardPath = "/raft/node/forward"
+
+// HeaderStreamReads, set on a leader's acceptance of a forwarding stream,
+// says the leader answers read-index frames.
+const HeaderStreamReads = "X-Embedraft-Stream-Reads"
+
+// readFrameFlag marks a request frame as a read-index request.
+const readFrameFlag = 1 << 31
 
 // Limits of the forwarding stream.
 const (
@@ -49,12 +63,17 @@ var (
 	// ErrStreamBroken reports that the stream to the leader broke after the
 	// write was sent: it may or may not have been proposed.
 	ErrStreamBroken = errors.New("forwarding stream broke after the write was sent")
+	// ErrNoStreamReads reports a leader that does not answer read-index
+	// frames (an older version): nothing was sent.
+	ErrNoStreamReads = errors.New("leader does not serve read indexes on the forwarding stream")
 )
 
-// frame is one request waiting to be written.
+// frame is one request waiting to be written: a write, or a read-index
+// request whose body is the follower's term.
 type frame struct {
 	id   uint64
 	body []byte
+	read bool
 }
 
 // streamCall is a caller waiting for its answer.
@@ -72,6 +91,9 @@ type stream struct {
 	done    chan struct{} // closed when the stream is dead
 	errOnce sync.Once
 	err     error
+
+	// reads is set when the leader serves read-index frames.
+	reads bool
 
 	mu      sync.Mutex
 	pending map[uint64]*streamCall
@@ -127,6 +149,7 @@ func (f *Forwarder) openStream(ctx context.Context, leaderURL string, clusterID 
 		body:    pw,
 		resp:    r.resp,
 		done:    make(chan struct{}),
+		reads:   r.resp.Header.Get(HeaderStreamReads) == "1",
 		pending: map[uint64]*streamCall{},
 	}
 	go s.writeLoop()                   // ends when the stream dies
@@ -177,8 +200,12 @@ func (s *stream) writeLoop() {
 			s.mu.Unlock()
 			if c != nil { // nil: its caller gave up before it was sent
 				c.sent.Store(true)
+				length := uint32(len(f.body))
+				if f.read {
+					length |= readFrameFlag
+				}
 				binary.BigEndian.PutUint64(hdr[:8], f.id)
-				binary.BigEndian.PutUint32(hdr[8:], uint32(len(f.body)))
+				binary.BigEndian.PutUint32(hdr[8:], length)
 				if _, err := w.Write(hdr[:]); err != nil {
 					s.kill(err)
 					return
@@ -234,8 +261,9 @@ func (s *stream) readLoop() {
 	}
 }
 
-// call sends body on the stream and waits for its answer.
-func (s *stream) call(ctx context.Context, id uint64, body []byte) (*Response, error) {
+// call sends f on the stream and waits for its answer.
+func (s *stream) call(ctx context.Context, f frame) (*Response, error) {
+	id := f.id
 	c := &streamCall{answer: make(chan *Response, 1)}
 	s.mu.Lock()
 	select {
@@ -252,7 +280,7 @@ func (s *stream) call(ctx context.Context, id uint64, body []byte) (*Response, e
 		s.mu.Unlock()
 	}
 	select {
-	case s.sendc <- frame{id: id, body: body}:
+	case s.sendc <- f:
 	default:
 		forget()
 		return nil, fmt.Errorf("%w: %w", ErrNotSent, ErrBusy)
@@ -297,7 +325,33 @@ func (f *Forwarder) Forward(ctx context.Context, leaderURL string, clusterID uin
 		}
 		return nil, err
 	}
-	return s.call(ctx, f.streams.seq.Add(1), body)
+	return s.call(ctx, frame{id: f.streams.seq.Add(1), body: body})
+}
+
+// ReadIndex asks the leader at leaderURL, over the forwarding stream, for a
+// read index given this follower's raft term. It returns the leader's
+// commit index, or an error: ErrNoStreamReads from a leader that does not
+// serve them, a refusal (the leader could not vouch for the index), or a
+// stream error. A read index has no side effect: on any error the caller
+// may ask raft instead.
+func (f *Forwarder) ReadIndex(ctx context.Context, leaderURL string, clusterID, term uint64) (uint64, error) {
+	s, err := f.stream(ctx, leaderURL, clusterID)
+	if err != nil {
+		return 0, err
+	}
+	if !s.reads {
+		return 0, ErrNoStreamReads
+	}
+	body := make([]byte, 8)
+	binary.BigEndian.PutUint64(body, term)
+	resp, err := s.call(ctx, frame{id: f.streams.seq.Add(1), body: body, read: true})
+	if err != nil {
+		return 0, err
+	}
+	if resp.Status != http.StatusOK {
+		return 0, fmt.Errorf("leader refused a read index: %d %s", resp.Status, resp.Body)
+	}
+	return resp.Index, nil
 }
 
 func (f *Forwarder) stream(ctx context.Context, leaderURL string, clusterID uint64) (*stream, error) {
@@ -362,20 +416,34 @@ type StreamAnswer struct {
 	Body   []byte
 }
 
+// StreamHandlers are the leader's answers to a forwarding stream's frames.
+type StreamHandlers struct {
+	// Write runs one forwarded write.
+	Write func(ctx context.Context, body []byte) StreamAnswer
+	// Busy answers a write refused because MaxStreamInFlight are running.
+	Busy func() StreamAnswer
+	// ReadIndex answers a read-index request given the follower's term; it
+	// must not block. Nil: the stream does not serve them.
+	ReadIndex func(term uint64) StreamAnswer
+}
+
 // ServeForward serves one forwarding stream on the leader: it reads request
-// frames from r's body and runs handle for each in a goroutine of its own
-// (at most MaxStreamInFlight at once; past that a write is answered 503
-// with busy), writing answer frames as they complete. It returns when the
-// follower ends the stream, the connection fails, or stop is closed; it
-// waits for the writes it started. maxBody bounds a request's body.
-func ServeForward(w http.ResponseWriter, r *http.Request, stop <-chan struct{}, maxBody int64,
-	handle func(ctx context.Context, body []byte) StreamAnswer, busy func() StreamAnswer) {
+// frames from r's body and runs h.Write for each write in a goroutine of its
+// own (at most MaxStreamInFlight at once; past that a write is answered with
+// h.Busy), and h.ReadIndex for each read-index request in turn, writing
+// answer frames as they complete. It returns when the follower ends the
+// stream, the connection fails, or stop is closed; it waits for the writes
+// it started. maxBody bounds a request's body.
+func ServeForward(w http.ResponseWriter, r *http.Request, stop <-chan struct{}, maxBody int64, h StreamHandlers) {
 	rc := http.NewResponseController(w)
 	if err := rc.EnableFullDuplex(); err != nil {
 		http.Error(w, "forwarding stream needs HTTP/1.1 full duplex: "+err.Error(), http.StatusHTTPVersionNotSupported)
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
+	if h.ReadIndex != nil {
+		w.Header().Set(HeaderStreamReads, "1")
+	}
 	w.WriteHeader(http.StatusOK)
 	if err := rc.Flush(); err != nil {
 		return
@@ -442,8 +510,14 @@ func ServeForward(w http.ResponseWriter, r *http.Request, stop <-chan struct{}, 
 				return
 			}
 			id := binary.BigEndian.Uint64(hdr[:8])
-			n := int64(binary.BigEndian.Uint32(hdr[8:]))
-			if n > maxBody {
+			length := binary.BigEndian.Uint32(hdr[8:])
+			read := length&readFrameFlag != 0
+			n := int64(length &^ readFrameFlag)
+			switch {
+			case read && (h.ReadIndex == nil || n != 8):
+				readErr <- fmt.Errorf("read-index frame of %d bytes not served", n)
+				return
+			case n > maxBody:
 				readErr <- fmt.Errorf("request of %d bytes, limit %d", n, maxBody)
 				return
 			}
@@ -453,7 +527,7 @@ func ServeForward(w http.ResponseWriter, r *http.Request, stop <-chan struct{}, 
 				return
 			}
 			select {
-			case frames <- frame{id: id, body: body}:
+			case frames <- frame{id: id, body: body, read: read}:
 			case <-ctx.Done():
 				return
 			}
@@ -465,17 +539,21 @@ func ServeForward(w http.ResponseWriter, r *http.Request, stop <-chan struct{}, 
 			if !ok {
 				return
 			}
+			if f.read {
+				answers <- answerFrame{f.id, h.ReadIndex(binary.BigEndian.Uint64(f.body))}
+				continue
+			}
 			select {
 			case sem <- struct{}{}:
 			default:
-				a := busy()
+				a := h.Busy()
 				answers <- answerFrame{f.id, a}
 				continue
 			}
 			inflight.Add(1)
 			go func() { // one forwarded write: ends when handle returns
 				defer inflight.Done()
-				a := handle(ctx, f.body)
+				a := h.Write(ctx, f.body)
 				<-sem
 				answers <- answerFrame{f.id, a}
 			}()

@@ -2,8 +2,10 @@ package transport
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"sync"
@@ -26,7 +28,7 @@ func echoLeader(t *testing.T, hold chan struct{}, opened *atomic.Int32) *httptes
 		if opened != nil {
 			opened.Add(1)
 		}
-		ServeForward(w, r, stop, 1<<20, func(ctx context.Context, body []byte) StreamAnswer {
+		ServeForward(w, r, stop, 1<<20, StreamHandlers{Write: func(ctx context.Context, body []byte) StreamAnswer {
 			if hold != nil {
 				select {
 				case <-hold:
@@ -35,7 +37,7 @@ func echoLeader(t *testing.T, hold chan struct{}, opened *atomic.Int32) *httptes
 				}
 			}
 			return StreamAnswer{Status: 200, Index: uint64(len(body)), Body: body}
-		}, func() StreamAnswer { return StreamAnswer{Status: 503, Body: []byte("busy")} })
+		}, Busy: func() StreamAnswer { return StreamAnswer{Status: 503, Body: []byte("busy")} }})
 	}))
 	t.Cleanup(func() {
 		close(stop)
@@ -176,5 +178,142 @@ func TestStreamBackPressure(t *testing.T) {
 	wg.Wait()
 	if busy.Load() < 50 || int(ok.Load())+int(busy.Load()) != MaxStreamInFlight+50 {
 		t.Fatalf("busy %d ok %d, want at least 50 busy and every write answered", busy.Load(), ok.Load())
+	}
+}
+
+// Read-index frames share the stream with writes and are answered by the
+// leader's ReadIndex handler; a leader without one (an older version) gets
+// none, and its stream still carries writes.
+func TestStreamReadIndex(t *testing.T) {
+	stop := make(chan struct{})
+	defer close(stop)
+	serve := func(reads bool) *httptest.Server {
+		h := StreamHandlers{
+			Write: func(_ context.Context, body []byte) StreamAnswer {
+				return StreamAnswer{Status: 200, Index: uint64(len(body)), Body: body}
+			},
+			Busy: func() StreamAnswer { return StreamAnswer{Status: 503} },
+		}
+		if reads {
+			h.ReadIndex = func(term uint64) StreamAnswer {
+				if term == 0 {
+					return StreamAnswer{Status: 409, Body: []byte("stale term")}
+				}
+				return StreamAnswer{Status: 200, Index: term * 10}
+			}
+		}
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ServeForward(w, r, stop, 1<<20, h)
+		}))
+		t.Cleanup(func() {
+			srv.CloseClientConnections()
+			srv.Close()
+		})
+		return srv
+	}
+
+	t.Run("OK interleaved with writes", func(t *testing.T) {
+		srv := serve(true)
+		f := NewForwarder(2, "", 5*time.Second, nil)
+		defer f.Close()
+		var wg sync.WaitGroup
+		errs := make(chan error, 400)
+		for i := 1; i <= 200; i++ {
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				index, err := f.ReadIndex(context.Background(), srv.URL, 7, uint64(i))
+				if err != nil || index != uint64(i)*10 {
+					errs <- fmt.Errorf("read index for term %d: %d, %v", i, index, err)
+				}
+			}()
+			go func() {
+				defer wg.Done()
+				body := []byte(fmt.Sprintf("write-%d", i))
+				resp, err := f.Forward(context.Background(), srv.URL, 7, body)
+				if err != nil || resp.Status != 200 || string(resp.Body) != string(body) {
+					errs <- fmt.Errorf("write %d: %+v, %v", i, resp, err)
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	})
+	t.Run("refused", func(t *testing.T) {
+		srv := serve(true)
+		f := NewForwarder(2, "", 5*time.Second, nil)
+		defer f.Close()
+		if index, err := f.ReadIndex(context.Background(), srv.URL, 7, 0); err == nil {
+			t.Fatalf("refused read index answered %d", index)
+		}
+		if resp, err := f.Forward(context.Background(), srv.URL, 7, []byte("after")); err != nil || resp.Status != 200 {
+			t.Fatalf("write after a refused read index: %+v, %v", resp, err)
+		}
+	})
+	t.Run("leader without reads", func(t *testing.T) {
+		srv := serve(false)
+		f := NewForwarder(2, "", 5*time.Second, nil)
+		defer f.Close()
+		if _, err := f.ReadIndex(context.Background(), srv.URL, 7, 3); !errors.Is(err, ErrNoStreamReads) {
+			t.Fatalf("read index from a leader without reads: %v, want ErrNoStreamReads", err)
+		}
+		if resp, err := f.Forward(context.Background(), srv.URL, 7, []byte("w")); err != nil || resp.Status != 200 {
+			t.Fatalf("write: %+v, %v", resp, err)
+		}
+	})
+}
+
+// A read-index frame sent to a leader that does not serve them ends the
+// stream (it cannot be framed), and one with a body other than a term too.
+func TestServeForwardRefusesBadReadFrames(t *testing.T) {
+	stop := make(chan struct{})
+	defer close(stop)
+	for _, tt := range []struct {
+		name   string
+		reads  bool
+		length uint32
+	}{
+		{"not served", false, 8},
+		{"short body", true, 4},
+		{"long body", true, 16},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			h := StreamHandlers{
+				Write: func(context.Context, []byte) StreamAnswer { return StreamAnswer{Status: 200} },
+				Busy:  func() StreamAnswer { return StreamAnswer{Status: 503} },
+			}
+			if tt.reads {
+				h.ReadIndex = func(uint64) StreamAnswer { return StreamAnswer{Status: 200, Index: 1} }
+			}
+			done := make(chan struct{})
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				defer close(done)
+				ServeForward(w, r, stop, 1<<20, h)
+			}))
+			defer srv.Close()
+			frame := make([]byte, 12+tt.length)
+			binary.BigEndian.PutUint64(frame, 1)
+			binary.BigEndian.PutUint32(frame[8:], tt.length|readFrameFlag)
+			pr, pw := io.Pipe()
+			go func() { _, _ = pw.Write(frame) }() // the server stops reading: the pipe is closed below
+			defer pw.Close()
+			req, _ := http.NewRequest(http.MethodPost, srv.URL+ForwardPath, pr)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the stream was not ended")
+			}
+			if b, _ := io.ReadAll(resp.Body); len(b) != 0 {
+				t.Fatalf("answered %d bytes to a bad frame", len(b))
+			}
+		})
 	}
 }
