@@ -20,13 +20,16 @@ const MaxMemberID = 1 << 62
 
 // Defaults used for zero Config fields.
 const (
-	DefaultSnapshotCount    = 10000
-	DefaultCatchUpEntries   = 5000
-	DefaultCatchUpBytes     = 64 << 20
-	DefaultTickInterval     = 100 * time.Millisecond
-	DefaultElectionTicks    = 10
-	DefaultHeartbeatTicks   = 1
-	DefaultMaxRequestBytes  = 1536 * 1024
+	DefaultSnapshotCount   = 10000
+	DefaultCatchUpEntries  = 5000
+	DefaultCatchUpBytes    = 64 << 20
+	DefaultTickInterval    = 100 * time.Millisecond
+	DefaultElectionTicks   = 10
+	DefaultHeartbeatTicks  = 1
+	DefaultMaxRequestBytes = 1536 * 1024
+	// MaxMaxRequestBytes is MaxRequestBytes' ceiling: the forwarding
+	// stream's frames carry a body's length in 31 bits.
+	MaxMaxRequestBytes      = 1 << 30
 	DefaultLeaderWait       = 3 * time.Second
 	DefaultForwardTimeout   = 10 * time.Second
 	DefaultMaxSnapFiles     = 5
@@ -323,8 +326,8 @@ func (c Config) Validate() error {
 	if c.TickInterval < time.Millisecond {
 		bad("TickInterval %v is below 1ms", c.TickInterval)
 	}
-	if c.MaxRequestBytes < 0 {
-		bad("MaxRequestBytes must be positive")
+	if c.MaxRequestBytes < 0 || c.MaxRequestBytes > MaxMaxRequestBytes {
+		bad("MaxRequestBytes must be positive and at most %d (1 GiB)", MaxMaxRequestBytes)
 	}
 	if c.MaxSnapshotBytes < 0 || (c.MaxSnapshotBytes > 0 && c.MaxSnapshotBytes < 2*c.MaxRequestBytes) {
 		bad("MaxSnapshotBytes (%d) must be at least twice MaxRequestBytes (%d)", c.MaxSnapshotBytes, c.MaxRequestBytes)

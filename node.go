@@ -103,6 +103,9 @@ type Node struct {
 	// the apply loop last gave raft (readindex.go).
 	view   atomic.Pointer[raftView]
 	voters atomic.Pointer[raftpb.ConfState]
+	// streamReadsAfter (unix ns): until then, read rounds skip asking the
+	// leader over the forwarding stream (it refused or did not answer).
+	streamReadsAfter atomic.Int64
 
 	metrics *nodeMetrics // metrics.go
 	events  eventHub     // events.go

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"go.etcd.io/etcd/raft/v3"
 	"go.etcd.io/etcd/raft/v3/raftpb"
@@ -98,8 +99,16 @@ var errReadIndexRefused = errors.New("read index refused")
 // readIndexFor answers a follower's read-index request: this leader's
 // commit index when the follower's request completes a quorum (see above).
 func (n *Node) readIndexFor(from, term uint64) (uint64, error) {
+	select {
+	case <-n.stopc:
+		// A stopped node's view is frozen at what it last saw.
+		return 0, fmt.Errorf("%w: %w", errReadIndexRefused, ErrStopped)
+	default:
+	}
 	v := n.view.Load()
 	switch {
+	case n.closed.Load():
+		return 0, fmt.Errorf("%w: %w", errReadIndexRefused, ErrStopped)
 	case v == nil || !v.leader:
 		return 0, fmt.Errorf("%w: %w", errReadIndexRefused, ErrNotLeader)
 	case v.term != term:
@@ -122,23 +131,31 @@ func pairIsQuorum(cs *raftpb.ConfState, leader, follower uint64) bool {
 
 // leaderReadIndex asks the leader for a read index over the forwarding
 // stream (see above). ok is false when it could not be had that way, and
-// the caller asks raft.
+// the caller asks raft: the configuration does not allow it, the leader
+// refused or did not answer within a quarter of ForwardTimeout (after which
+// rounds skip asking for streamReadBackoff).
 func (n *Node) leaderReadIndex(ctx context.Context) (index uint64, ok bool) {
 	v := n.view.Load()
-	if v == nil || v.leader || v.lead == 0 || v.lead == n.id {
+	if v == nil || v.leader || v.lead == 0 || v.term == 0 || !pairIsQuorum(n.voters.Load(), v.lead, n.id) ||
+		time.Now().UnixNano() < n.streamReadsAfter.Load() {
 		return 0, false
 	}
 	m, found := n.reg.member(v.lead)
 	if !found || m.Addr == "" {
 		return 0, false
 	}
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.ForwardTimeout)
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ForwardTimeout/4)
 	defer cancel()
 	index, err := n.fwd.ReadIndex(ctx, n.dialURL(m.Addr), n.clusterID.Load(), v.term)
 	if err != nil {
 		n.log.Debug("read index from the leader's commit refused", "leader", v.lead, "err", err)
+		n.streamReadsAfter.Store(time.Now().Add(streamReadBackoff).UnixNano())
 		return 0, false
 	}
 	n.metrics.readRound(true)
 	return index, true
 }
+
+// streamReadBackoff is how long read rounds go to raft after the leader
+// refused or did not answer a read index on the forwarding stream.
+const streamReadBackoff = time.Second

@@ -62,6 +62,8 @@ func TestReadIndexForRefuses(t *testing.T) {
 		from   uint64
 		term   uint64
 		want   uint64 // 0: refused
+		closed bool
+		stop   bool
 	}{
 		{name: "OK three voters", view: &ok, voters: &three, from: 2, term: 5, want: 42},
 		{name: "OK two voters", view: &ok, voters: &raftpb.ConfState{Voters: []uint64{1, 2}}, from: 2, term: 5, want: 42},
@@ -79,9 +81,15 @@ func TestReadIndexForRefuses(t *testing.T) {
 		{name: "leader not a voter", view: &ok, voters: &raftpb.ConfState{Voters: []uint64{2, 3}}, from: 2, term: 5},
 		{name: "joint configuration", view: &ok, voters: &raftpb.ConfState{Voters: []uint64{1, 2}, VotersOutgoing: []uint64{1, 2, 3}}, from: 2, term: 5},
 		{name: "no configuration", view: &ok, from: 2, term: 5},
+		{name: "closing", view: &ok, voters: &three, from: 2, term: 5, closed: true},
+		{name: "stopped", view: &ok, voters: &three, from: 2, term: 5, stop: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			n := &Node{id: 1}
+			n := &Node{id: 1, stopc: make(chan struct{})}
+			n.closed.Store(tt.closed)
+			if tt.stop {
+				close(n.stopc)
+			}
 			if tt.view != nil {
 				n.view.Store(tt.view)
 			}

@@ -38,6 +38,8 @@ func TestConfigValidate(t *testing.T) {
 		{"tiny tick", Config{AdvertiseURL: "http://a:1", DataDir: "d", TickInterval: time.Microsecond}, []string{"below 1ms"}},
 		{"negative sizes", Config{AdvertiseURL: "http://a:1", DataDir: "d", MaxRequestBytes: -1, LeaderWait: -1},
 			[]string{"MaxRequestBytes", "LeaderWait"}},
+		{"request bytes beyond 1 GiB", Config{AdvertiseURL: "http://a:1", DataDir: "d", MaxRequestBytes: 1<<30 + 1},
+			[]string{"MaxRequestBytes", "1 GiB"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
