@@ -214,6 +214,12 @@ func (n *Node) handleForwardStream(w http.ResponseWriter, r *http.Request) {
 			status, b := envelopeOf(nil, fmt.Errorf("%w: leader's forwarding queue is full", ErrBusy))
 			return transport.StreamAnswer{Status: status, Body: b}
 		},
+		Probes: func(probe func(seq uint64) bool) func() {
+			return n.probes.attach(from, probe)
+		},
+		ProbeAck: func(seq, term, lead uint64) {
+			n.probeAck(from, seq, term, lead)
+		},
 		ReadIndex: func(term uint64) transport.StreamAnswer {
 			index, err := n.readIndexFor(from, term)
 			if err != nil {

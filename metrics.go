@@ -44,7 +44,7 @@ type nodeMetrics struct {
 	eventsDropped   prometheus.Counter
 	readRounds      *prometheus.CounterVec
 	readsByRaft     prometheus.Counter // readRounds' children, looked up once
-	readsByLeader   prometheus.Counter
+	readsByStream   prometheus.Counter
 }
 
 // initMetrics creates the node's series and registers them on
@@ -98,10 +98,10 @@ func (n *Node) initMetrics() {
 	m.readRounds = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "embedraft_read_rounds_total",
 		Help: "Linearizable read rounds confirmed here (each serves every read that joined it), by how: " +
-			"raft's ReadIndex, or the leader's commit index asked over the forwarding stream.",
+			"raft's ReadIndex, or a leader-follower pair over the forwarding stream.",
 	}, []string{"via"})
 	m.readsByRaft = m.readRounds.WithLabelValues("raft")
-	m.readsByLeader = m.readRounds.WithLabelValues("leader")
+	m.readsByStream = m.readRounds.WithLabelValues("stream")
 	cs := []prometheus.Collector{
 		stateCollector{n}, m.leaderChanges, m.writes, m.writeDuration, m.forwarded,
 		m.snapshots, m.snapDuration, m.proposalsFailed, m.peerRefused, m.eventsDropped, m.readRounds,
@@ -192,12 +192,12 @@ func (m *nodeMetrics) forwardedWrite() {
 }
 
 // readRound records a linearizable read round confirmed by raft's
-// ReadIndex, or by the leader's commit index (byLeader).
-func (m *nodeMetrics) readRound(byLeader bool) {
+// ReadIndex, or over the forwarding stream (byStream).
+func (m *nodeMetrics) readRound(byStream bool) {
 	switch {
 	case m == nil:
-	case byLeader:
-		m.readsByLeader.Inc()
+	case byStream:
+		m.readsByStream.Inc()
 	default:
 		m.readsByRaft.Inc()
 	}

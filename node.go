@@ -106,6 +106,7 @@ type Node struct {
 	// streamReadsAfter (unix ns): until then, read rounds skip asking the
 	// leader over the forwarding stream (it refused or did not answer).
 	streamReadsAfter atomic.Int64
+	probes           *probeHub // the leader's probes of followers (readprobe.go)
 
 	metrics *nodeMetrics // metrics.go
 	events  eventHub     // events.go
@@ -192,6 +193,7 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 		waits:     newWaitMap[uint64, applyResult](),
 		idem:      newIdemTable(cfg.IdempotencyWindow, cfg.IdempotencyKeys),
 		reads:     newReadBatcher(),
+		probes:    newProbeHub(),
 		applied:   newIndexNotifier(0),
 		leaderSig: newIndexNotifier(0),
 		stopc:     make(chan struct{}),
@@ -280,6 +282,7 @@ func newNode(ctx context.Context, cfg Config, svc IService) (*Node, error) {
 	}
 	n.setLogger()
 	n.fwd = transport.NewForwarder(n.id, cfg.Token, cfg.ForwardTimeout, n.clientTLS())
+	n.answerProbes(n.fwd)
 	n.initMetrics()
 	n.handler = n.routes()
 	svc.SetRaft(n)

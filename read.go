@@ -144,6 +144,9 @@ func (n *Node) confirmRead() error {
 	defer cancel()
 	index, ok := n.leaderReadIndex(ctx)
 	if !ok {
+		index, ok = n.probeReadIndex(ctx)
+	}
+	if !ok {
 		var err error
 		if index, err = n.raftReadIndex(ctx); err != nil {
 			return err

@@ -59,6 +59,17 @@ type Forwarder struct {
 	streams      streams
 	token        string
 	from         uint64
+	probeView    ProbeView
+}
+
+// ProbeView gives a follower's answer to a leader's probe: its raft term
+// and the leader it follows; ok false: no answer.
+type ProbeView func() (term, lead uint64, ok bool)
+
+// AnswerProbes makes the streams this forwarder opens from now on answer
+// the leader's probes with view. Call it before the forwarder is used.
+func (f *Forwarder) AnswerProbes(view ProbeView) {
+	f.probeView = view
 }
 
 // NewForwarder returns a forwarder whose requests each take at most timeout.

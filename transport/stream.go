@@ -31,6 +31,13 @@ import (
 // A leader that serves such frames says so with HeaderStreamReads when it
 // accepts the stream; a follower sends none to a leader that did not.
 //
+// A follower that opens the stream with HeaderStreamProbes answers probes:
+// the leader writes an answer frame with id 0 and a sequence number as its
+// index, and the follower writes back a read-index frame whose body is that
+// sequence number, its raft term and the leader it follows (24 bytes),
+// expecting no answer. The leader uses them to confirm its own read
+// indexes (embedraft's readindex.go).
+//
 // A request that was never written to the stream was certainly not proposed
 // (ErrNotSent: the caller may try another leader). A request written to a
 // stream that broke before its answer came may have been proposed: its
@@ -43,8 +50,19 @@ const ForwardPath = "/raft/node/forward"
 // says the leader answers read-index frames.
 const HeaderStreamReads = "X-Embedraft-Stream-Reads"
 
-// readFrameFlag marks a request frame as a read-index request.
+// HeaderStreamProbes, set on a follower's forwarding stream request, says
+// the follower answers the leader's probes.
+const HeaderStreamProbes = "X-Embedraft-Stream-Probes"
+
+// readFrameFlag marks a request frame as a read-index request or a probe's
+// answer.
 const readFrameFlag = 1 << 31
+
+// Bodies of read frames: a read-index request, a probe's answer.
+const (
+	readIndexBody = 8
+	probeAckBody  = 24
+)
 
 // Limits of the forwarding stream.
 const (
@@ -68,12 +86,14 @@ var (
 	ErrNoStreamReads = errors.New("leader does not serve read indexes on the forwarding stream")
 )
 
-// frame is one request waiting to be written: a write, or a read-index
-// request whose body is the follower's term.
+// frame is one request waiting to be written: a write, a read-index
+// request whose body is the follower's term, or a probe's answer (which
+// has no caller waiting).
 type frame struct {
-	id   uint64
-	body []byte
-	read bool
+	id      uint64
+	body    []byte
+	read    bool
+	noReply bool
 }
 
 // streamCall is a caller waiting for its answer.
@@ -94,6 +114,8 @@ type stream struct {
 
 	// reads is set when the leader serves read-index frames.
 	reads bool
+	// probeView answers the leader's probes (nil: they are ignored).
+	probeView ProbeView
 
 	mu      sync.Mutex
 	pending map[uint64]*streamCall
@@ -112,6 +134,9 @@ func (f *Forwarder) openStream(ctx context.Context, leaderURL string, clusterID 
 		return nil, fmt.Errorf("%w: %v", ErrNotSent, err)
 	}
 	f.identify(req, clusterID, "application/octet-stream")
+	if f.probeView != nil {
+		req.Header.Set(HeaderStreamProbes, "1")
+	}
 	type result struct {
 		resp *http.Response
 		err  error
@@ -151,6 +176,8 @@ func (f *Forwarder) openStream(ctx context.Context, leaderURL string, clusterID 
 		done:    make(chan struct{}),
 		reads:   r.resp.Header.Get(HeaderStreamReads) == "1",
 		pending: map[uint64]*streamCall{},
+
+		probeView: f.probeView,
 	}
 	go s.writeLoop()                   // ends when the stream dies
 	go s.readLoop()                    // ends when the response body ends or fails
@@ -195,11 +222,16 @@ func (s *stream) writeLoop() {
 			return
 		}
 		for {
-			s.mu.Lock()
-			c := s.pending[f.id]
-			s.mu.Unlock()
-			if c != nil { // nil: its caller gave up before it was sent
-				c.sent.Store(true)
+			var c *streamCall
+			if !f.noReply {
+				s.mu.Lock()
+				c = s.pending[f.id]
+				s.mu.Unlock()
+				if c != nil {
+					c.sent.Store(true)
+				}
+			}
+			if c != nil || f.noReply { // nil: its caller gave up before it was sent
 				length := uint32(len(f.body))
 				if f.read {
 					length |= readFrameFlag
@@ -251,6 +283,10 @@ func (s *stream) readLoop() {
 			s.kill(fmt.Errorf("read answer: %w", err))
 			return
 		}
+		if id == 0 {
+			s.answerProbe(index)
+			continue
+		}
 		s.mu.Lock()
 		c := s.pending[id]
 		delete(s.pending, id)
@@ -258,6 +294,27 @@ func (s *stream) readLoop() {
 		if c != nil {
 			c.answer <- &Response{Status: status, Body: body, Index: index}
 		}
+	}
+}
+
+// answerProbe queues the answer to the leader's probe seq, if this follower
+// answers probes and the queue has room (a probe unanswered is asked again
+// by other means).
+func (s *stream) answerProbe(seq uint64) {
+	if s.probeView == nil {
+		return
+	}
+	term, lead, ok := s.probeView()
+	if !ok {
+		return
+	}
+	body := make([]byte, probeAckBody)
+	binary.BigEndian.PutUint64(body, seq)
+	binary.BigEndian.PutUint64(body[8:], term)
+	binary.BigEndian.PutUint64(body[16:], lead)
+	select {
+	case s.sendc <- frame{body: body, read: true, noReply: true}:
+	default:
 	}
 }
 
@@ -425,6 +482,12 @@ type StreamHandlers struct {
 	// ReadIndex answers a read-index request given the follower's term; it
 	// must not block. Nil: the stream does not serve them.
 	ReadIndex func(term uint64) StreamAnswer
+	// Probes, when set, is called once the stream is open if the follower
+	// answers probes, with a function that sends one (false when it could
+	// not be queued or the stream is over); it returns a function called
+	// when the stream ends. ProbeAck takes each answer; it must not block.
+	Probes   func(probe func(seq uint64) bool) (end func())
+	ProbeAck func(seq, term, lead uint64)
 }
 
 // ServeForward serves one forwarding stream on the leader: it reads request
@@ -492,9 +555,31 @@ func ServeForward(w http.ResponseWriter, r *http.Request, stop <-chan struct{}, 
 			}
 		}
 	}()
+	// probeMu guards answers against a probe sent as it is closed.
+	var probeMu sync.Mutex
+	answersClosed := false
+	if h.Probes != nil && h.ProbeAck != nil && r.Header.Get(HeaderStreamProbes) == "1" {
+		end := h.Probes(func(seq uint64) bool {
+			probeMu.Lock()
+			defer probeMu.Unlock()
+			if answersClosed {
+				return false
+			}
+			select {
+			case answers <- answerFrame{0, StreamAnswer{Index: seq}}:
+				return true
+			default:
+				return false
+			}
+		})
+		defer end()
+	}
 	defer func() {
 		inflight.Wait()
+		probeMu.Lock()
+		answersClosed = true
 		close(answers)
+		probeMu.Unlock()
 		<-writerDone
 	}()
 	sem := make(chan struct{}, MaxStreamInFlight)
@@ -514,7 +599,7 @@ func ServeForward(w http.ResponseWriter, r *http.Request, stop <-chan struct{}, 
 			read := length&readFrameFlag != 0
 			n := int64(length &^ readFrameFlag)
 			switch {
-			case read && (h.ReadIndex == nil || n != 8):
+			case read && !(n == readIndexBody && h.ReadIndex != nil) && !(n == probeAckBody && h.ProbeAck != nil):
 				readErr <- fmt.Errorf("read-index frame of %d bytes not served", n)
 				return
 			case n > maxBody:
@@ -538,6 +623,11 @@ func ServeForward(w http.ResponseWriter, r *http.Request, stop <-chan struct{}, 
 		case f, ok := <-frames:
 			if !ok {
 				return
+			}
+			if f.read && len(f.body) == probeAckBody {
+				h.ProbeAck(binary.BigEndian.Uint64(f.body), binary.BigEndian.Uint64(f.body[8:]),
+					binary.BigEndian.Uint64(f.body[16:]))
+				continue
 			}
 			if f.read {
 				answers <- answerFrame{f.id, h.ReadIndex(binary.BigEndian.Uint64(f.body))}

@@ -317,3 +317,87 @@ func TestServeForwardRefusesBadReadFrames(t *testing.T) {
 		})
 	}
 }
+
+// A leader's probe reaches a follower that answers probes, and its answer
+// (the follower's term and leader) comes back to ProbeAck; a follower that
+// does not answer them is never offered one.
+func TestStreamProbes(t *testing.T) {
+	stop := make(chan struct{})
+	defer close(stop)
+	type ack struct{ seq, term, lead uint64 }
+	acks := make(chan ack, 16)
+	probers := make(chan func(uint64) bool, 4)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ServeForward(w, r, stop, 1<<20, StreamHandlers{
+			Write: func(_ context.Context, body []byte) StreamAnswer { return StreamAnswer{Status: 200, Body: body} },
+			Busy:  func() StreamAnswer { return StreamAnswer{Status: 503} },
+			Probes: func(probe func(uint64) bool) func() {
+				probers <- probe
+				return func() {}
+			},
+			ProbeAck: func(seq, term, lead uint64) { acks <- ack{seq, term, lead} },
+		})
+	}))
+	defer func() {
+		srv.CloseClientConnections()
+		srv.Close()
+	}()
+
+	plain := NewForwarder(3, "", 5*time.Second, nil)
+	defer plain.Close()
+	if resp, err := plain.Forward(context.Background(), srv.URL, 7, []byte("w")); err != nil || resp.Status != 200 {
+		t.Fatalf("write: %+v, %v", resp, err)
+	}
+	select {
+	case <-probers:
+		t.Fatal("a stream that does not answer probes was offered them")
+	default:
+	}
+
+	f := NewForwarder(2, "", 5*time.Second, nil)
+	defer f.Close()
+	// Each probe asks the view, which the test answers.
+	asked := make(chan chan bool)
+	f.AnswerProbes(func() (uint64, uint64, bool) {
+		answer := make(chan bool)
+		asked <- answer
+		return 5, 1, <-answer
+	})
+	answerView := func(ok bool) {
+		select {
+		case a := <-asked:
+			a <- ok
+		case <-time.After(5 * time.Second):
+			t.Fatal("the follower did not look at its view for a probe")
+		}
+	}
+	if resp, err := f.Forward(context.Background(), srv.URL, 7, []byte("w")); err != nil || resp.Status != 200 {
+		t.Fatalf("write: %+v, %v", resp, err)
+	}
+	var probe func(uint64) bool
+	select {
+	case probe = <-probers:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a stream that answers probes was not offered them")
+	}
+	if !probe(41) {
+		t.Fatal("probe 41 not sent")
+	}
+	answerView(false) // the view says no: no answer
+	if !probe(42) {
+		t.Fatal("probe 42 not sent")
+	}
+	answerView(true)
+	select {
+	case a := <-acks:
+		if a != (ack{42, 5, 1}) {
+			t.Fatalf("probe answered %+v, want seq 42 term 5 leader 1", a)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("probe not answered")
+	}
+	// Writes still flow on the same stream.
+	if resp, err := f.Forward(context.Background(), srv.URL, 7, []byte("after")); err != nil || string(resp.Body) != "after" {
+		t.Fatalf("write after probes: %+v, %v", resp, err)
+	}
+}
