@@ -74,13 +74,16 @@ func (n *Node) release() {
 		if n.purgeDone != nil {
 			<-n.purgeDone
 		}
+		// The forwarding streams end before the WAL is unlocked: a next
+		// incarnation may vote once it holds the WAL, and this one must
+		// not answer a leader's probe by then (readprobe.go).
+		if n.fwd != nil {
+			n.fwd.Close()
+		}
 		if n.disk != nil {
 			if err := n.disk.close(); err != nil {
 				n.log.Warn("close wal", "err", err)
 			}
-		}
-		if n.fwd != nil {
-			n.fwd.Close()
 		}
 		close(n.done)
 	})

@@ -37,7 +37,9 @@ type probeStream struct {
 }
 
 func newProbeHub() *probeHub {
-	return &probeHub{streams: map[*probeStream]struct{}{}, acks: newWaitMap[uint64, uint64]()}
+	// Sequence numbers start at a random point, as request ids do: an
+	// answer meant for an earlier incarnation never matches.
+	return &probeHub{streams: map[*probeStream]struct{}{}, seq: randomUint64() >> 1, acks: newWaitMap[uint64, uint64]()}
 }
 
 // attach records a follower's stream until the returned function is called.
@@ -113,8 +115,13 @@ func (n *Node) probeAck(from, seq, term, lead uint64) {
 // probes with its published view.
 func (n *Node) answerProbes(fwd *transport.Forwarder) {
 	fwd.AnswerProbes(func() (term, lead uint64, ok bool) {
+		select {
+		case <-n.stopc:
+			return 0, 0, false // its view is frozen at what it last saw
+		default:
+		}
 		v := n.view.Load()
-		if v == nil || v.leader || v.lead == 0 || v.term == 0 {
+		if v == nil || v.leader || v.lead == 0 || v.term == 0 || n.closed.Load() {
 			return 0, 0, false
 		}
 		return v.term, v.lead, true
