@@ -276,19 +276,6 @@ func (c *Cluster) agreedLeader() (*Node, string) {
 	return leader, ""
 }
 
-// NodeByID returns the slot whose process reports raft id id.
-func (c *Cluster) NodeByID(id uint64) *Node {
-	for _, n := range c.Running() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		st, err := n.Status(ctx)
-		cancel()
-		if err == nil && st.ID == id {
-			return n
-		}
-	}
-	return nil
-}
-
 // Converged is the outcome of WaitConverged.
 type Converged struct {
 	Applied uint64
