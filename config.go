@@ -151,7 +151,8 @@ type Config struct {
 	// HeartbeatTicks is the heartbeat interval in ticks. Default 1.
 	HeartbeatTicks int
 
-	// MaxRequestBytes bounds a write's body. Default 1.5 MiB.
+	// MaxRequestBytes bounds a write's body. Default 1.5 MiB, at most
+	// MaxMaxRequestBytes (1 GiB).
 	MaxRequestBytes int64
 
 	// MaxSnapshotBytes bounds what a peer may send this node at once: a
