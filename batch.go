@@ -57,6 +57,10 @@ func (n *Node) proposeLoop() {
 				break fill
 			}
 		}
+		var stopped bool
+		if batch, stopped = n.gatherWhilePersisting(batch, size); stopped {
+			return
+		}
 		data := n.batchEntry(batch)
 		// Bounded, and ended by stop: raft blocks a proposal while no
 		// leader is known.
@@ -67,6 +71,33 @@ func (n *Node) proposeLoop() {
 			p.done <- err
 		}
 	}
+}
+
+// gatherWhilePersisting adds to batch the writes that come while the raft
+// loop writes the WAL: an entry proposed meanwhile waits for the next Ready
+// anyway, and one entry for all of them means one message per follower
+// instead of one per batch. It returns at once when the raft loop is not
+// writing; stopped is true when the node stops.
+func (n *Node) gatherWhilePersisting(batch []proposal, size int) (_ []proposal, stopped bool) {
+	select {
+	case <-n.persisted: // a wake-up left from an earlier write
+	default:
+	}
+	if !n.persisting.Load() {
+		return batch, false
+	}
+	for len(batch) < maxBatchWrites && size < maxBatchBytes {
+		select {
+		case p := <-n.propc:
+			batch = append(batch, p)
+			size += p.size()
+		case <-n.persisted:
+			return batch, false
+		case <-n.stopc:
+			return batch, true
+		}
+	}
+	return batch, false
 }
 
 // batchEntry encodes the entry for a batch of writes: version 1 when no

@@ -82,15 +82,19 @@ type Node struct {
 	idem *idemTable
 
 	// cluster mode, set once by startRaft before the loops start.
-	rn        raft.Node
-	storage   *raft.MemoryStorage
-	disk      *diskStorage
-	peerTr    atomic.Pointer[rafthttp.Transport]
-	applyc    chan applyBatch
-	propc     chan proposal // writes waiting for proposeLoop
-	snapReqc  chan snapshotRequest
-	backupc   chan backupRequest // backup.go: captures served by the apply loop
-	purgeDone <-chan struct{}
+	rn      raft.Node
+	storage *raft.MemoryStorage
+	disk    *diskStorage
+	peerTr  atomic.Pointer[rafthttp.Transport]
+	applyc  chan applyBatch
+	propc   chan proposal // writes waiting for proposeLoop
+	// persisting is set while the raft loop writes a Ready's entries;
+	// persisted (capacity 1) wakes the proposer when it is done (batch.go).
+	persisting atomic.Bool
+	persisted  chan struct{}
+	snapReqc   chan snapshotRequest
+	backupc    chan backupRequest // backup.go: captures served by the apply loop
+	purgeDone  <-chan struct{}
 
 	// published by the raft loop for Status and the write path.
 	leader    atomic.Uint64
@@ -474,6 +478,7 @@ func (n *Node) startLoops(disk *diskStorage, storage *raft.MemoryStorage, peers 
 	n.disk, n.storage = disk, storage
 	n.applyc = make(chan applyBatch, 16)
 	n.propc = make(chan proposal, proposalQueue)
+	n.persisted = make(chan struct{}, 1)
 	n.snapReqc = make(chan snapshotRequest, 1)
 	pc := transport.PeerConfig{
 		ID: n.id, ClusterID: n.peerClusterID(), URL: n.cfg.AdvertiseURL,

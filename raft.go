@@ -65,7 +65,17 @@ func (n *Node) run() {
 					return
 				}
 			}
-			if err := n.persist(rd); err != nil {
+			if len(rd.Entries) > 0 {
+				n.persisting.Store(true)
+			}
+			err := n.persist(rd)
+			if n.persisting.Swap(false) {
+				select {
+				case n.persisted <- struct{}{}:
+				default:
+				}
+			}
+			if err != nil {
 				n.stop(err)
 				return
 			}
