@@ -1,7 +1,9 @@
 package embedraft
 
 import (
+	"runtime"
 	"testing"
+	"time"
 )
 
 // The proposer gathers the writes that come while the raft loop writes the
@@ -37,12 +39,17 @@ func TestGatherWhilePersisting(t *testing.T) {
 			done <- got
 		}()
 		// Once the three are taken, the raft loop finishes its write.
+		deadline := time.Now().Add(5 * time.Second)
 		for len(n.propc) > 0 {
 			select {
 			case got := <-done:
 				t.Fatalf("returned with %d writes before the write finished", len(got))
 			default:
 			}
+			if time.Now().After(deadline) {
+				t.Fatal("the queued writes were not taken")
+			}
+			runtime.Gosched()
 		}
 		n.persisting.Store(false)
 		n.persisted <- struct{}{}

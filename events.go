@@ -152,13 +152,9 @@ func (n *Node) OnLeader(fn func(ctx context.Context, term uint64)) (stop func())
 
 // leaderChanged is called by the raft loop when rd changed the leader.
 func (n *Node) leaderChanged(rd raft.Ready) {
-	term := n.term.Load()
-	if !raft.IsEmptyHardState(rd.HardState) {
-		term = rd.HardState.Term
-	}
 	lead := rd.SoftState.Lead
 	n.metrics.leaderChanged(lead)
-	n.events.publish(LeaderChanged{Leader: lead, Term: term, IsLeader: rd.SoftState.RaftState == raft.StateLeader})
+	n.events.publish(LeaderChanged{Leader: lead, Term: n.currentView().term, IsLeader: rd.SoftState.RaftState == raft.StateLeader})
 }
 
 // membershipChanged is called by the apply loop once the membership change

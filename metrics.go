@@ -289,8 +289,9 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descIsLeader, isLeader)
 	gauge(descHasLeader, hasLeader)
-	gauge(descTerm, float64(n.term.Load()))
-	gauge(descCommit, float64(n.commit.Load()))
+	view := n.currentView()
+	gauge(descTerm, float64(view.term))
+	gauge(descCommit, float64(view.commit))
 	gauge(descApplied, float64(n.applied.get()))
 	gauge(descMembers, float64(voters), RoleVoter)
 	gauge(descMembers, float64(learners), RoleLearner)

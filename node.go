@@ -99,12 +99,10 @@ type Node struct {
 	// published by the raft loop for Status and the write path.
 	leader    atomic.Uint64
 	raftState atomic.Uint32
-	term      atomic.Uint64
-	commit    atomic.Uint64
 	leaderSig *indexNotifier // bumped on every leader change
-	// view is raft's state as the raft loop last saw it, published before
-	// it sends any message of the same Ready; voters is the configuration
-	// the apply loop last gave raft (readindex.go).
+	// view is raft's state (term, leader, commit) as the raft loop last saw
+	// it, published before it sends any message of the same Ready; voters
+	// is the configuration the apply loop last gave raft (readindex.go).
 	view   atomic.Pointer[raftView]
 	voters atomic.Pointer[raftpb.ConfState]
 	// streamReadsAfter (unix ns): until then, read rounds skip asking the
@@ -348,7 +346,13 @@ func (n *Node) setLogger() {
 // staticClusterID derives a cluster id from the member list, as etcd does,
 // so every member of a static bootstrap agrees without talking.
 func staticClusterID(peers map[uint64]string) uint64 {
+	return hashClusterID("", peers)
+}
+
+// hashClusterID hashes prefix and the member list into a non-zero id.
+func hashClusterID(prefix string, peers map[uint64]string) uint64 {
 	h := sha1.New()
+	h.Write([]byte(prefix))
 	for _, id := range sortedIDs(peers) {
 		fmt.Fprintf(h, "%d=%s\n", id, strings.TrimSuffix(peers[id], "/"))
 	}

@@ -47,7 +47,7 @@ func (n *Node) run() {
 				if old := n.leader.Swap(rd.SoftState.Lead); old != rd.SoftState.Lead {
 					n.leaderSig.set(n.leaderSig.get() + 1)
 					n.leaderChanged(rd)
-					n.log.Info("leader changed", "leader", rd.SoftState.Lead, "term", n.rn.Status().Term)
+					n.log.Info("leader changed", "leader", rd.SoftState.Lead, "term", n.currentView().term)
 				}
 			}
 			for _, rs := range rd.ReadStates {
@@ -78,10 +78,6 @@ func (n *Node) run() {
 			if err != nil {
 				n.stop(err)
 				return
-			}
-			if !raft.IsEmptyHardState(rd.HardState) {
-				n.term.Store(rd.HardState.Term)
-				n.commit.Store(rd.HardState.Commit)
 			}
 			if len(rd.CommittedEntries) > 0 || !raft.IsEmptySnap(rd.Snapshot) {
 				select {

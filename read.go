@@ -135,9 +135,10 @@ func (n *Node) readLoop() {
 	}
 }
 
-// confirmRead gets a read index, from the leader's commit over the
-// forwarding stream when the leader can vouch for it (readindex.go), else
-// from raft's ReadIndex, and waits until this node has applied it. A round
+// confirmRead gets a read index over the forwarding stream when a
+// leader-follower pair can vouch for it (a follower asks the leader,
+// readindex.go; the leader probes a follower, readprobe.go), else from
+// raft's ReadIndex, and waits until this node has applied it. A round
 // is bounded as a read is, by LeaderWait+ForwardTimeout.
 func (n *Node) confirmRead() error {
 	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.LeaderWait+n.cfg.ForwardTimeout)

@@ -87,6 +87,25 @@ func (n *Node) publishView(t *viewTracker, rd *raft.Ready) {
 	}
 }
 
+// currentView returns the published view (zero before the first Ready).
+func (n *Node) currentView() raftView {
+	if v := n.view.Load(); v != nil {
+		return *v
+	}
+	return raftView{}
+}
+
+// halting reports a node that is closing or stopped: its view is frozen at
+// what it last saw, so it vouches for no read index and answers no probe.
+func (n *Node) halting() bool {
+	select {
+	case <-n.stopc:
+		return true
+	default:
+		return n.closed.Load()
+	}
+}
+
 // setVoters publishes the configuration the apply loop just gave raft.
 func (n *Node) setVoters(cs raftpb.ConfState) {
 	n.voters.Store(&cs)
@@ -99,15 +118,9 @@ var errReadIndexRefused = errors.New("read index refused")
 // readIndexFor answers a follower's read-index request: this leader's
 // commit index when the follower's request completes a quorum (see above).
 func (n *Node) readIndexFor(from, term uint64) (uint64, error) {
-	select {
-	case <-n.stopc:
-		// A stopped node's view is frozen at what it last saw.
-		return 0, fmt.Errorf("%w: %w", errReadIndexRefused, ErrStopped)
-	default:
-	}
 	v := n.view.Load()
 	switch {
-	case n.closed.Load():
+	case n.halting():
 		return 0, fmt.Errorf("%w: %w", errReadIndexRefused, ErrStopped)
 	case v == nil || !v.leader:
 		return 0, fmt.Errorf("%w: %w", errReadIndexRefused, ErrNotLeader)
@@ -137,25 +150,37 @@ func pairIsQuorum(cs *raftpb.ConfState, leader, follower uint64) bool {
 func (n *Node) leaderReadIndex(ctx context.Context) (index uint64, ok bool) {
 	v := n.view.Load()
 	if v == nil || v.leader || v.lead == 0 || v.term == 0 || !pairIsQuorum(n.voters.Load(), v.lead, n.id) ||
-		time.Now().UnixNano() < n.streamReadsAfter.Load() {
+		n.streamReadsPaused() {
 		return 0, false
 	}
 	m, found := n.reg.member(v.lead)
 	if !found || m.Addr == "" {
 		return 0, false
 	}
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.ForwardTimeout/4)
+	ctx, cancel := context.WithTimeout(ctx, n.streamReadTimeout())
 	defer cancel()
 	index, err := n.fwd.ReadIndex(ctx, n.dialURL(m.Addr), n.clusterID.Load(), v.term)
 	if err != nil {
 		n.log.Debug("read index from the leader's commit refused", "leader", v.lead, "err", err)
-		n.streamReadsAfter.Store(time.Now().Add(streamReadBackoff).UnixNano())
+		n.pauseStreamReads()
 		return 0, false
 	}
 	n.metrics.readRound(true)
 	return index, true
 }
 
-// streamReadBackoff is how long read rounds go to raft after the leader
-// refused or did not answer a read index on the forwarding stream.
+// streamReadBackoff is how long read rounds go to raft after a read index
+// over the forwarding stream was refused or not answered in time.
 const streamReadBackoff = time.Second
+
+// streamReadTimeout bounds one attempt over the stream, leaving most of a
+// round's budget to raft's ReadIndex.
+func (n *Node) streamReadTimeout() time.Duration { return n.cfg.ForwardTimeout / 4 }
+
+func (n *Node) pauseStreamReads() {
+	n.streamReadsAfter.Store(time.Now().Add(streamReadBackoff).UnixNano())
+}
+
+func (n *Node) streamReadsPaused() bool {
+	return time.Now().UnixNano() < n.streamReadsAfter.Load()
+}

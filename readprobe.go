@@ -76,7 +76,7 @@ func (h *probeHub) probe(counts func(from uint64) bool) (seq uint64, got <-chan 
 // is false when it could not, and the caller asks raft.
 func (n *Node) probeReadIndex(ctx context.Context) (index uint64, ok bool) {
 	v := n.view.Load()
-	if v == nil || !v.leader || !v.ownTermCommitted || time.Now().UnixNano() < n.streamReadsAfter.Load() {
+	if v == nil || !v.leader || !v.ownTermCommitted || n.streamReadsPaused() {
 		return 0, false
 	}
 	voters := n.voters.Load()
@@ -85,14 +85,14 @@ func (n *Node) probeReadIndex(ctx context.Context) (index uint64, ok bool) {
 	if sent == 0 {
 		return 0, false
 	}
-	t := time.NewTimer(n.cfg.ForwardTimeout / 4)
+	t := time.NewTimer(n.streamReadTimeout())
 	defer t.Stop()
 	select {
 	case index := <-got:
 		n.metrics.readRound(true)
 		return index, true
 	case <-t.C:
-		n.streamReadsAfter.Store(time.Now().Add(streamReadBackoff).UnixNano())
+		n.pauseStreamReads()
 	case <-ctx.Done():
 	case <-n.stopc:
 	}
@@ -115,13 +115,8 @@ func (n *Node) probeAck(from, seq, term, lead uint64) {
 // probes with its published view.
 func (n *Node) answerProbes(fwd *transport.Forwarder) {
 	fwd.AnswerProbes(func() (term, lead uint64, ok bool) {
-		select {
-		case <-n.stopc:
-			return 0, 0, false // its view is frozen at what it last saw
-		default:
-		}
 		v := n.view.Load()
-		if v == nil || v.leader || v.lead == 0 || v.term == 0 || n.closed.Load() {
+		if v == nil || v.leader || v.lead == 0 || v.term == 0 || n.halting() {
 			return 0, 0, false
 		}
 		return v.term, v.lead, true

@@ -3,8 +3,6 @@ package embedraft
 import (
 	"bytes"
 	"context"
-	"crypto/sha1"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -54,16 +52,7 @@ const restoreWALTemp = "wal.restore"
 // restoredClusterID derives the cluster id of a static cluster restored
 // from the backup whose checksum is sum.
 func restoredClusterID(peers map[uint64]string, sum string) uint64 {
-	h := sha1.New()
-	fmt.Fprintf(h, "restore %s\n", sum)
-	for _, id := range sortedIDs(peers) {
-		fmt.Fprintf(h, "%d=%s\n", id, strings.TrimSuffix(peers[id], "/"))
-	}
-	id := binary.BigEndian.Uint64(h.Sum(nil)[:8])
-	if id == 0 {
-		id = 1
-	}
-	return id
+	return hashClusterID("restore "+sum+"\n", peers)
 }
 
 // backupFileSum returns the checksum that ends a backup file, in hex: it

@@ -144,7 +144,7 @@ func (n *Node) receiveSnapshot(w http.ResponseWriter, r *http.Request) {
 		writePeerError(w, err)
 		return
 	}
-	if idx, commit := m.Snapshot.Metadata.Index, n.commit.Load(); idx <= commit {
+	if idx, commit := m.Snapshot.Metadata.Index, n.currentView().commit; idx <= commit {
 		// raft would ignore it: not worth a file.
 		http.Error(w, fmt.Sprintf("refused snapshot: index %d is not past this member's commit %d", idx, commit),
 			http.StatusBadRequest)

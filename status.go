@@ -25,8 +25,8 @@ func (n *Node) Status() Status {
 		ClusterID: strconv.FormatUint(n.clusterID.Load(), 16),
 		Mode:      n.Mode(),
 		Leader:    n.leader.Load(),
-		Term:      n.term.Load(),
-		Commit:    n.commit.Load(),
+		Term:      n.currentView().term,
+		Commit:    n.currentView().commit,
 		Applied:   n.applied.get(),
 	}
 	switch s.Mode {

@@ -18,24 +18,10 @@ func TestRunCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a 3-node demo cluster")
 	}
-	out := filepath.Join(t.TempDir(), "out.json")
-	var stdout, stderr bytes.Buffer
-	err := run(t.Context(), []string{
-		"-d", "1s", "-c", "2", "-workloads", "write,read,read-local", "-keys", "50", "-json", out,
-	}, &stdout, &stderr)
-	if err != nil {
-		t.Fatalf("run: %v\nstderr:\n%s", err, stderr.String())
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var rep report
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatal(err)
-	}
+	stdout := runReport(t, &rep, "-d", "1s", "-c", "2", "-workloads", "write,read,read-local", "-keys", "50")
 	if len(rep.Points) != 3 {
-		t.Fatalf("want 3 points, got %d: %s", len(rep.Points), b)
+		t.Fatalf("want 3 points, got %d: %+v", len(rep.Points), rep)
 	}
 	for _, p := range rep.Points {
 		if p.Ops == 0 || p.Errors != 0 || p.OpsPerSec <= 0 || p.P50Ms <= 0 || p.P99Ms < p.P50Ms {
@@ -70,4 +56,23 @@ func TestRunCluster(t *testing.T) {
 			t.Errorf("node %d (pid %d) still exists after run: kill 0 = %v", n.ID, n.PID, err)
 		}
 	}
+}
+
+// runReport runs the benchmark with args and -json, decodes the report it
+// wrote into rep, and returns what it printed.
+func runReport(t *testing.T, rep any, args ...string) *bytes.Buffer {
+	t.Helper()
+	out := filepath.Join(t.TempDir(), "out.json")
+	var stdout, stderr bytes.Buffer
+	if err := run(t.Context(), append(args, "-json", out), &stdout, &stderr); err != nil {
+		t.Fatalf("run: %v\nstderr:\n%s", err, stderr.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, rep); err != nil {
+		t.Fatal(err)
+	}
+	return &stdout
 }

@@ -2,10 +2,7 @@ package main
 
 import (
 	"bytes"
-	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -461,22 +458,9 @@ func TestRunLarge(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a 4-node demo cluster")
 	}
-	out := filepath.Join(t.TempDir(), "out.json")
-	var stdout, stderr bytes.Buffer
-	err := run(t.Context(), []string{
-		"-large-state", "-preload", "2000", "-preload-c", "8", "-c", "4", "-snapshot-count", "300", "-d", "2s", "-json", out,
-	}, &stdout, &stderr)
-	if err != nil {
-		t.Fatalf("run: %v\nstderr:\n%s", err, stderr.String())
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var rep largeReport
-	if err := json.Unmarshal(b, &rep); err != nil {
-		t.Fatal(err)
-	}
+	stdout := runReport(t, &rep,
+		"-large-state", "-preload", "2000", "-preload-c", "8", "-c", "4", "-snapshot-count", "300", "-d", "2s")
 	if rep.LiveStateBytes != liveStateBytes(2000, 100) || len(rep.Classes) != 4 || rep.Classes[3].Ops == 0 || len(rep.Windows) != 8 {
 		t.Errorf("load: live %d, classes %+v, %d windows", rep.LiveStateBytes, rep.Classes, len(rep.Windows))
 	}
