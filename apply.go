@@ -223,14 +223,21 @@ func (n *Node) restoreSnapshot(s raftpb.Snapshot) error {
 // table of a snapshot whose service state the service already holds.
 func (n *Node) restoreSnapshotMembers(s raftpb.Snapshot) error {
 	members, err := membersOfSnapshot(n.cfg.DataDir, s.Data)
-	if err == nil {
-		err = n.reg.restore(members)
+	if err != nil {
+		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, s.Metadata.Index, err)
 	}
+	return n.restoreMembership(s.Metadata.Index, members)
+}
+
+// restoreMembership loads the membership and the Idempotency-Key table of
+// the snapshot at index.
+func (n *Node) restoreMembership(index uint64, members []byte) error {
+	err := n.reg.restore(members)
 	if err == nil {
 		err = n.restoreIdempotency(members)
 	}
 	if err != nil {
-		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, s.Metadata.Index, err)
+		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, index, err)
 	}
 	return nil
 }

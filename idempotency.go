@@ -222,12 +222,17 @@ const idemField = "idempotency"
 // snapshotMembers is the membership blob of a snapshot envelope: the
 // registry's JSON with the key table added.
 func (n *Node) snapshotMembers() []byte {
-	members := n.reg.marshal()
+	return withIdempotency(n.reg.marshal(), n.idem.marshal())
+}
+
+// withIdempotency puts the key table idem into the membership JSON object
+// members (unchanged if it is not one).
+func withIdempotency(members, idem []byte) []byte {
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(members, &obj); err != nil || obj == nil {
 		return members
 	}
-	obj[idemField] = n.idem.marshal()
+	obj[idemField] = idem
 	b, err := json.Marshal(obj)
 	if err != nil {
 		return members

@@ -220,7 +220,8 @@ func (m *nodeMetrics) proposalFailed() {
 	}
 }
 
-// peerMessageRefused records a peer message checkPeerMessage refused.
+// peerMessageRefused records a peer message checkPeerSender or
+// checkPeerContent refused.
 func (m *nodeMetrics) peerMessageRefused() {
 	if m != nil {
 		m.peerRefused.Inc()

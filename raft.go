@@ -182,7 +182,9 @@ func (n *Node) stepPeer(ctx context.Context, m raftpb.Message, members []byte) e
 	if err := n.admitPeer(m); err != nil {
 		return err
 	}
-	if reason := n.checkPeerMessage(m, members); reason != "" {
+	// admitPeer checked the sender; now the content, which raft would
+	// otherwise trust.
+	if reason := n.checkPeerContent(m, members); reason != "" {
 		n.metrics.peerMessageRefused()
 		return peerError{http.StatusBadRequest, "refused raft message: " + reason}
 	}
@@ -218,18 +220,6 @@ func (p peerRaft) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
 	p.n.rn.ReportSnapshot(id, status)
 }
 
-// checkPeerMessage refuses messages no embedraft peer sends, which raft
-// would otherwise trust (and panic on): raft assumes its transport only
-// carries messages from raft. It is no substitute for the cluster token: a
-// well-formed message from someone who can reach the peer routes is still
-// believed.
-func (n *Node) checkPeerMessage(m raftpb.Message, streamedMembers []byte) string {
-	if reason := n.checkPeerSender(m); reason != "" {
-		return reason
-	}
-	return n.checkPeerContent(m, streamedMembers)
-}
-
 // checkPeerSender checks what every peer message must satisfy, whatever
 // its type: addressed to this node, from a peer, of a type peers send.
 func (n *Node) checkPeerSender(m raftpb.Message) string {
@@ -255,7 +245,12 @@ func (n *Node) checkPeerSender(m raftpb.Message) string {
 	return ""
 }
 
-// checkPeerContent checks a message's content by its type.
+// checkPeerContent checks a message's content by its type. With
+// checkPeerSender it refuses messages no embedraft peer sends, which raft
+// would otherwise trust (and panic on): raft assumes its transport only
+// carries messages from raft. They are no substitute for the cluster token:
+// a well-formed message from someone who can reach the peer routes is still
+// believed.
 func (n *Node) checkPeerContent(m raftpb.Message, streamedMembers []byte) string {
 	switch m.Type {
 	case raftpb.MsgSnap:

@@ -149,7 +149,7 @@ func (n *Node) restoreNew(ctx context.Context) (disk *diskStorage, rec recovered
 		peers, clusterID = cfg.Peers, restoredClusterID(cfg.Peers, sum)
 	}
 	index := uint64(len(peers))
-	members, err := restoredMembers(peers, info.Membership, index, n.cfg)
+	members, err := restoredMembers(peers, info.Membership, index)
 	if err != nil {
 		return nil, rec, false, fmt.Errorf("%w: Restore %s: %v", ErrInvalidConfig, file, err)
 	}
@@ -174,8 +174,9 @@ func (n *Node) restoreNew(ctx context.Context) (disk *diskStorage, rec recovered
 	if err != nil {
 		return nil, rec, false, fmt.Errorf("%w: Restore %s: the service refused the state: %v", ErrInvalidConfig, file, err)
 	}
+	// A streamed backup's bytes are already what RestoreSnapshot reads.
 	var view SnapshotView = bytesView(service)
-	if streams {
+	if streams && !info.Streamed {
 		if view, err = ss.CaptureSnapshot(); err != nil {
 			return nil, rec, false, fmt.Errorf("restore %s: service snapshot: %w", file, err)
 		}
@@ -186,9 +187,10 @@ func (n *Node) restoreNew(ctx context.Context) (disk *diskStorage, rec recovered
 	if err != nil {
 		return nil, rec, false, fmt.Errorf("restore %s: %w", file, err)
 	}
-	rec.serviceLoaded = true
-	n.clusterID.Store(clusterID)
-	n.setLogger()
+	if len(cfg.Peers) == 0 { // with Peers, set before the member check
+		n.clusterID.Store(clusterID)
+		n.setLogger()
+	}
 	n.log.Info("restored backup into a new cluster", "file", file, "members", len(peers),
 		"from_cluster", info.ClusterID, "from_node", info.NodeID, "from_index", info.Index,
 		"created", info.Created, "service_bytes", info.ServiceBytes, "sha256", sum)
@@ -199,15 +201,11 @@ func (n *Node) restoreNew(ctx context.Context) (disk *diskStorage, rec recovered
 // as voters, and the backup's Idempotency-Key table with every outcome
 // placed at index (where the restored state is applied: a duplicate's
 // writer then waits for that index, not for one of the old cluster's).
-func restoredMembers(peers map[uint64]string, old json.RawMessage, index uint64, cfg Config) ([]byte, error) {
+func restoredMembers(peers map[uint64]string, old json.RawMessage, index uint64) ([]byte, error) {
 	reg := newRegistry()
 	for id, u := range peers {
 		reg.st.Members[id] = NodeInfo{ID: id, Addr: strings.TrimSuffix(u, "/"), Role: RoleVoter}
 		reg.st.MaxID = max(reg.st.MaxID, id)
-	}
-	var obj map[string]json.RawMessage
-	if err := json.Unmarshal(reg.marshal(), &obj); err != nil {
-		return nil, err
 	}
 	var oldObj map[string]json.RawMessage
 	if len(old) > 0 {
@@ -215,24 +213,22 @@ func restoredMembers(peers map[uint64]string, old json.RawMessage, index uint64,
 			return nil, fmt.Errorf("backup membership: %v", err)
 		}
 	}
-	if raw := oldObj[idemField]; len(raw) > 0 && string(raw) != "null" {
-		var st idemState
-		if err := json.Unmarshal(raw, &st); err != nil {
-			return nil, fmt.Errorf("backup idempotency keys: %v", err)
-		}
-		for i := range st.Keys {
-			st.Keys[i].Index = index
-		}
-		b, err := json.Marshal(st)
-		if err == nil {
-			err = newIdemTable(cfg.IdempotencyWindow, cfg.IdempotencyKeys).restore(b)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("backup idempotency keys: %v", err)
-		}
-		obj[idemField] = b
+	raw := oldObj[idemField]
+	if len(raw) == 0 || string(raw) == "null" {
+		return reg.marshal(), nil
 	}
-	return json.Marshal(obj)
+	var st idemState
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return nil, fmt.Errorf("backup idempotency keys: %v", err)
+	}
+	for i := range st.Keys {
+		st.Keys[i].Index = index
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		return nil, fmt.Errorf("backup idempotency keys: %v", err)
+	}
+	return withIdempotency(reg.marshal(), b), nil
 }
 
 // seedDataDir writes a new member's data directory whose log starts with
@@ -253,7 +249,9 @@ func seedDataDir(lg *zap.Logger, dir string, meta walMetadata, peers map[uint64]
 	if err := writeRestoredWAL(lg, dir, meta, s); err != nil {
 		return nil, recovered{}, err
 	}
-	return openDisk(lg, dir)
+	disk, rec, err := openDisk(lg, dir)
+	rec.serviceLoaded = true // the caller's service holds the state it wrote
+	return disk, rec, err
 }
 
 // writeRestoredWAL writes the snap file for s, then a WAL holding meta,
@@ -307,7 +305,7 @@ func (n *Node) switchBySnapshot(ss StreamSnapshotter) error {
 		return fmt.Errorf("switch to cluster: service snapshot: %w", err)
 	}
 	peers := map[uint64]string{n.id: n.cfg.AdvertiseURL}
-	members, err := restoredMembers(peers, nil, 1, n.cfg)
+	members, err := restoredMembers(peers, nil, 1)
 	if err != nil {
 		view.Release()
 		return fmt.Errorf("switch to cluster: %w", err)
@@ -327,7 +325,6 @@ func (n *Node) switchBySnapshot(ss StreamSnapshotter) error {
 		}
 		return err
 	}
-	rec.serviceLoaded = true
 	if err = n.restartRaft(disk, rec); err == nil {
 		ctx, cancel := context.WithTimeout(n.stopCtx, n.cfg.JoinTimeout)
 		defer cancel()

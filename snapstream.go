@@ -306,11 +306,8 @@ func (n *Node) restoreFromReader(index uint64, r io.Reader) error {
 	if err != nil {
 		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, index, err)
 	}
-	if err := n.reg.restore(members); err != nil {
-		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, index, err)
-	}
-	if err := n.restoreIdempotency(members); err != nil {
-		return fmt.Errorf("%w: snapshot %d: %v", ErrStorage, index, err)
+	if err := n.restoreMembership(index, members); err != nil {
+		return err
 	}
 	if ss, ok := n.svc.(StreamSnapshotter); ok {
 		if err := ss.RestoreSnapshot(br); err != nil {
