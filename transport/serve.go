@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime"
 	"sync"
 )
 
@@ -81,17 +82,23 @@ func ServeForward(w http.ResponseWriter, r *http.Request, stop <-chan struct{}, 
 						failed = true
 					}
 				}
-				select {
-				case next, ok := <-answers:
-					if !ok {
-						if !failed {
-							_ = bw.Flush()
-						}
-						return
+				next, ok, queued := nextQueued(answers)
+				if !queued {
+					// The apply loop wakes a batch of writes at once: let
+					// the others that are ready add their answers to this
+					// flush instead of a write of their own each.
+					runtime.Gosched()
+					next, ok, queued = nextQueued(answers)
+				}
+				if queued && !ok {
+					if !failed {
+						_ = bw.Flush()
 					}
+					return
+				}
+				if queued {
 					a = next
 					continue
-				default:
 				}
 				break
 			}
@@ -205,4 +212,15 @@ func ServeForward(w http.ResponseWriter, r *http.Request, stop <-chan struct{}, 
 type answerFrame struct {
 	id uint64
 	StreamAnswer
+}
+
+// nextQueued takes an answer from c without waiting: queued is false when
+// there is none, ok false when c is closed.
+func nextQueued(c <-chan answerFrame) (a answerFrame, ok, queued bool) {
+	select {
+	case a, ok = <-c:
+		return a, ok, true
+	default:
+		return a, false, false
+	}
 }

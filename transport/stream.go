@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -247,6 +248,14 @@ func (s *stream) writeLoop() {
 					return
 				}
 			}
+			select {
+			case f = <-s.sendc:
+				continue
+			default:
+			}
+			// Client writes come in bursts (their clients were answered
+			// together): let the others that are ready join this flush.
+			runtime.Gosched()
 			select {
 			case f = <-s.sendc:
 				continue
