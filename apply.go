@@ -14,10 +14,11 @@ import (
 // only goroutine that calls the service's Commit, ResetSnap and GetSnapshot
 // in cluster mode. It exits when stopc is closed, or stops the node when the
 // service cannot load a snapshot.
-func (n *Node) applyLoop(confState raftpb.ConfState, snapIndex uint64) {
+func (n *Node) applyLoop(snap raftpb.Snapshot) {
 	defer n.loops.Done()
-	a := applier{n: n, confState: confState, appliedIndex: snapIndex, snapIndex: snapIndex}
-	n.setVoters(confState)
+	a := applier{n: n, confState: snap.Metadata.ConfState, appliedIndex: snap.Metadata.Index,
+		snapIndex: snap.Metadata.Index, stateBytes: stateFileBytes(snap)}
+	n.setVoters(a.confState)
 	for {
 		select {
 		case b := <-n.applyc:
@@ -42,21 +43,25 @@ type applier struct {
 	confState    raftpb.ConfState
 	appliedIndex uint64
 	snapIndex    uint64 // index of the last snapshot taken or installed
+	// logBytes is the size of the entries applied since snapIndex, and
+	// stateBytes that of the last snapshot's state file (maybeSnapshot).
+	logBytes, stateBytes uint64
 	// snapNow asks for a snapshot at the next opportunity: a member was
 	// added while the log is compacted, and raft refuses to install a
 	// snapshot whose configuration does not include the receiver, so the
 	// new member needs one taken after its addition.
 	snapNow bool
 	// snapDone is set while a snapshot goroutine runs (snapshot.go); it
-	// reports the outcome. If the snapshot at snapJob fails, snapPrev and
-	// snapPrevNow restore snapIndex and snapNow.
-	snapDone chan error
+	// reports the outcome. If the snapshot at snapJob fails, snapPrev,
+	// snapPrevNow and snapPrevBytes restore snapIndex, snapNow and logBytes.
+	snapDone chan snapshotOutcome
 	// backupView is closed when the backup holding the service's snapshot
 	// view releases it (backup.go); nil when none holds it.
-	backupView  chan struct{}
-	snapJob     uint64
-	snapPrev    uint64
-	snapPrevNow bool
+	backupView    chan struct{}
+	snapJob       uint64
+	snapPrev      uint64
+	snapPrevNow   bool
+	snapPrevBytes uint64
 }
 
 func (a *applier) apply(b applyBatch) error {
@@ -68,6 +73,7 @@ func (a *applier) apply(b applyBatch) error {
 		a.confState = b.snapshot.Metadata.ConfState
 		n.setVoters(a.confState)
 		a.appliedIndex, a.snapIndex = b.snapshot.Metadata.Index, b.snapshot.Metadata.Index
+		a.logBytes, a.stateBytes = 0, stateFileBytes(b.snapshot)
 		n.syncTransportPeers()
 		n.membershipChanged(a.appliedIndex)
 		n.log.Info("installed snapshot", "index", a.appliedIndex)
@@ -96,6 +102,7 @@ func (a *applier) apply(b applyBatch) error {
 			a.applyConfChange(e.Index, cc)
 		}
 		a.appliedIndex = e.Index
+		a.logBytes += uint64(len(e.Data))
 	}
 	n.applied.set(a.appliedIndex)
 	if a.appliedIndex > n.bootstrapIndex && n.voteGate.Load() {

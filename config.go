@@ -23,6 +23,7 @@ const (
 	DefaultSnapshotCount   = 10000
 	DefaultCatchUpEntries  = 5000
 	DefaultCatchUpBytes    = 64 << 20
+	DefaultSnapshotBytes   = 8 << 20
 	DefaultTickInterval    = 100 * time.Millisecond
 	DefaultElectionTicks   = 10
 	DefaultHeartbeatTicks  = 1
@@ -132,6 +133,14 @@ type Config struct {
 	// snapshots. Default DefaultSnapshotCount (10000).
 	SnapshotCount uint64
 
+	// SnapshotBytes also makes a snapshot due once the entries applied
+	// since the last one hold this many bytes and more than the last
+	// snapshot's state file: the in-memory log stays bounded however many
+	// writes an entry batches, and a large state is not rewritten more
+	// often than the log it replaces grows. Default DefaultSnapshotBytes
+	// (8 MiB).
+	SnapshotBytes uint64
+
 	// CatchUpEntries is how many entries before a snapshot are kept in memory
 	// after compaction, so a slightly lagging follower catches up from the
 	// log instead of a snapshot. Default: half of SnapshotCount, at most
@@ -141,7 +150,8 @@ type Config struct {
 	// CatchUpBytes bounds the same entries by size: compaction keeps at most
 	// CatchUpEntries entries and at most CatchUpBytes bytes of them, so large
 	// writes cannot make the in-memory log grow past it between snapshots'
-	// compactions. Default DefaultCatchUpBytes (64 MiB).
+	// compactions. Default: half of SnapshotBytes, at most
+	// DefaultCatchUpBytes (64 MiB).
 	CatchUpBytes uint64
 
 	// TickInterval is raft's logical clock. Default 100ms.
@@ -218,8 +228,11 @@ func (c Config) withDefaults() Config {
 	if c.CatchUpEntries == 0 {
 		c.CatchUpEntries = min(DefaultCatchUpEntries, max(1, c.SnapshotCount/2))
 	}
+	if c.SnapshotBytes == 0 {
+		c.SnapshotBytes = DefaultSnapshotBytes
+	}
 	if c.CatchUpBytes == 0 {
-		c.CatchUpBytes = DefaultCatchUpBytes
+		c.CatchUpBytes = min(DefaultCatchUpBytes, max(1, c.SnapshotBytes/2))
 	}
 	if c.TickInterval == 0 {
 		c.TickInterval = DefaultTickInterval

@@ -56,12 +56,13 @@
 //
 // Entries and raft's hard state are written to the WAL under DataDir/wal
 // with one fsync per batch before they count as persisted; every
-// SnapshotCount applied entries the apply goroutine captures the service's
-// state (StreamSnapshotter's CaptureSnapshot, else GetSnapshot) and a
-// snapshot goroutine writes it with the membership to a checksummed file
-// under DataDir/snap/state while commits go on; then the in-memory log is
-// compacted, keeping CatchUpEntries (at most CatchUpBytes) for slow
-// followers. A follower further behind receives the snapshot through
+// SnapshotCount applied entries, or once the entries applied since the last
+// snapshot hold SnapshotBytes and more than its state file, the apply
+// goroutine captures the service's state (StreamSnapshotter's
+// CaptureSnapshot, else GetSnapshot) and a snapshot goroutine writes it
+// with the membership to a checksummed file under DataDir/snap/state while
+// commits go on; then the in-memory log is compacted, keeping
+// CatchUpEntries (at most CatchUpBytes) for slow followers. A follower further behind receives the snapshot through
 // rafthttp and loads it with RestoreSnapshot or ResetSnap.
 //
 // # Security

@@ -339,7 +339,7 @@ func (n *Node) startJoined(jr *JoinResponse) error {
 	if err := n.startLoops(disk, storage, peers); err != nil {
 		return err
 	}
-	n.launch(raftpb.ConfState{}, 0)
+	n.launch(raftpb.Snapshot{})
 	n.log.Info("joined cluster", "via", n.cfg.Join, "peers", len(peers))
 	return nil
 }

@@ -412,7 +412,7 @@ func (n *Node) bootstrapRaft(peers map[uint64]string, clusterID uint64) error {
 	if err := n.startLoops(disk, storage, peers); err != nil {
 		return err
 	}
-	n.launch(raftpb.ConfState{}, 0)
+	n.launch(raftpb.Snapshot{})
 	n.log.Info("bootstrapped cluster", "members", len(peers))
 	return nil
 }
@@ -424,8 +424,6 @@ func (n *Node) restartRaft(disk *diskStorage, rec recovered) error {
 		disk.close()
 		return err
 	}
-	var confState raftpb.ConfState
-	var snapIndex uint64
 	if !raft.IsEmptySnap(rec.snapshot) {
 		restore := n.restoreSnapshot
 		if rec.serviceLoaded {
@@ -435,7 +433,6 @@ func (n *Node) restartRaft(disk *diskStorage, rec recovered) error {
 			disk.close()
 			return err
 		}
-		confState, snapIndex = rec.snapshot.Metadata.ConfState, rec.snapshot.Metadata.Index
 	}
 	peers := map[uint64]string{}
 	for id, u := range rec.meta.Peers {
@@ -450,7 +447,7 @@ func (n *Node) restartRaft(disk *diskStorage, rec recovered) error {
 	if err := n.startLoops(disk, storage, peers); err != nil {
 		return err
 	}
-	n.launch(confState, snapIndex)
+	n.launch(rec.snapshot)
 	// Replay what the WAL knows to be committed before New returns, so the
 	// service comes back with its state.
 	if err := n.applied.wait(context.Background(), rec.hardState.Commit, n.stopc); err != nil {
@@ -465,7 +462,7 @@ func (n *Node) restartRaft(disk *diskStorage, rec recovered) error {
 		}
 		return err
 	}
-	n.log.Info("restarted from disk", "snapshot_index", snapIndex, "wal_entries", len(rec.entries),
+	n.log.Info("restarted from disk", "snapshot_index", rec.snapshot.Metadata.Index, "wal_entries", len(rec.entries),
 		"commit", rec.hardState.Commit)
 	if m, ok := n.reg.member(n.id); ok && m.Addr != n.cfg.AdvertiseURL && n.Mode() != ModeRemoved {
 		n.log.Info("restarted with a new address; announcing it to the cluster", "old", m.Addr, "new", n.cfg.AdvertiseURL)
@@ -577,12 +574,13 @@ func (n *Node) peerClusterID() uint64 {
 	return id
 }
 
-func (n *Node) launch(confState raftpb.ConfState, snapIndex uint64) {
-	n.applied.set(snapIndex)
+// launch starts the loops from snap, the snapshot on disk (empty for none).
+func (n *Node) launch(snap raftpb.Snapshot) {
+	n.applied.set(snap.Metadata.Index)
 	n.loops.Add(5)
 	go n.proposeLoop()
 	go n.run()
-	go n.applyLoop(confState, snapIndex)
+	go n.applyLoop(snap)
 	go n.promoteLoop()
 	go n.readLoop()
 }

@@ -42,8 +42,26 @@ type snapshotJob struct {
 	start     time.Time
 }
 
-// maybeSnapshot starts a snapshot every SnapshotCount applied entries (or
-// when snapNow asks for one). The capture runs here, on the apply
+// snapshotOutcome is what a snapshot goroutine reports: the state file's
+// size, or why it failed.
+type snapshotOutcome struct {
+	size uint64
+	err  error
+}
+
+// stateFileBytes is the size of the state file snap refers to (0 when
+// there is none).
+func stateFileBytes(snap raftpb.Snapshot) uint64 {
+	ref, isRef, err := parseSnapRef(snap.Data)
+	if !isRef || err != nil {
+		return 0
+	}
+	return uint64(ref.Size)
+}
+
+// maybeSnapshot starts a snapshot every SnapshotCount applied entries, once
+// the entries applied since the last one hold SnapshotBytes and more bytes
+// than its state file, or when snapNow asks for one. The capture runs here, on the apply
 // goroutine, so it sees exactly the state at appliedIndex; nothing else
 // about the snapshot does.
 func (a *applier) maybeSnapshot() {
@@ -56,20 +74,23 @@ func (a *applier) maybeSnapshot() {
 	}
 	if a.snapDone != nil {
 		select {
-		case err := <-a.snapDone:
+		case out := <-a.snapDone:
 			a.snapDone = nil
-			if err != nil {
-				n.log.Error("snapshot failed; will retry", "err", err)
+			switch {
+			case out.err != nil:
+				n.log.Error("snapshot failed; will retry", "err", out.err)
 				if a.snapIndex == a.snapJob { // no snapshot installed since
 					a.snapIndex, a.snapNow = a.snapPrev, a.snapNow || a.snapPrevNow
+					a.logBytes += a.snapPrevBytes
 				}
+			case a.snapIndex == a.snapJob:
+				a.stateBytes = out.size
 			}
 		default:
 			return // the previous one is still being written
 		}
 	}
-	due := a.appliedIndex-a.snapIndex >= n.cfg.SnapshotCount || (a.snapNow && a.appliedIndex > a.snapIndex)
-	if !due || n.Mode() != ModeCluster {
+	if !a.snapshotDue() || n.Mode() != ModeCluster {
 		return
 	}
 	start := time.Now()
@@ -96,40 +117,50 @@ func (a *applier) maybeSnapshot() {
 		view:      view,
 		start:     start,
 	}
-	a.snapPrev, a.snapPrevNow, a.snapJob = a.snapIndex, a.snapNow, a.appliedIndex
-	a.snapIndex, a.snapNow = a.appliedIndex, false
-	done := make(chan error, 1)
+	a.snapPrev, a.snapPrevNow, a.snapPrevBytes, a.snapJob = a.snapIndex, a.snapNow, a.logBytes, a.appliedIndex
+	a.snapIndex, a.snapNow, a.logBytes = a.appliedIndex, false, 0
+	done := make(chan snapshotOutcome, 1)
 	a.snapDone = done
 	n.loops.Add(1)
 	go n.writeSnapshot(job, done)
+}
+
+// snapshotDue is maybeSnapshot's rule. Measured in bytes, the log must
+// outgrow the last state file too, so that rewriting a large state costs
+// no more than the log it lets go of.
+func (a *applier) snapshotDue() bool {
+	cfg := &a.n.cfg
+	return a.appliedIndex-a.snapIndex >= cfg.SnapshotCount ||
+		a.logBytes >= max(cfg.SnapshotBytes, a.stateBytes) ||
+		(a.snapNow && a.appliedIndex > a.snapIndex)
 }
 
 // writeSnapshot is the snapshot goroutine: it writes the state file, hands
 // the raft loop the request and reports the outcome on done (buffered). It
 // exits once the raft loop has taken the request, on an error, or when the
 // node stops (the view's writes then fail with ErrStopped).
-func (n *Node) writeSnapshot(job snapshotJob, done chan<- error) {
+func (n *Node) writeSnapshot(job snapshotJob, done chan<- snapshotOutcome) {
 	defer n.loops.Done()
-	err := n.writeSnapshotFile(job)
-	done <- err
+	size, err := n.writeSnapshotFile(job)
+	done <- snapshotOutcome{size: uint64(size), err: err}
 }
 
-func (n *Node) writeSnapshotFile(job snapshotJob) error {
+func (n *Node) writeSnapshotFile(job snapshotJob) (int64, error) {
 	defer job.view.Release()
 	term, err := n.storage.Term(job.index)
 	if err != nil {
-		return fmt.Errorf("snapshot at %d: term: %w", job.index, err)
+		return 0, fmt.Errorf("snapshot at %d: term: %w", job.index, err)
 	}
 	ref, err := writeStateFile(stateDir(n.cfg.DataDir), stateFileName(term, job.index), job.members, job.view, n.stopc)
 	if err != nil {
-		return fmt.Errorf("snapshot at %d: %w", job.index, err)
+		return 0, fmt.Errorf("snapshot at %d: %w", job.index, err)
 	}
 	req := snapshotRequest{index: job.index, confState: job.confState, data: ref.marshal(), size: ref.Size, start: job.start}
 	select {
 	case n.snapReqc <- req:
-		return nil
+		return ref.Size, nil
 	case <-n.stopc:
-		return ErrStopped
+		return 0, ErrStopped
 	}
 }
 
@@ -168,10 +199,10 @@ func (n *Node) saveSnapshot(req snapshotRequest) error {
 // kept after it are at most CatchUpEntries and at most CatchUpBytes (the
 // newest entry is dropped too if it alone is larger). 0 means none.
 func (n *Node) compactIndex(index uint64) uint64 {
-	if index <= n.cfg.CatchUpEntries {
-		return 0
+	var compactTo uint64 // the count bound (a young log keeps all its entries)
+	if index > n.cfg.CatchUpEntries {
+		compactTo = index - n.cfg.CatchUpEntries
 	}
-	compactTo := index - n.cfg.CatchUpEntries
 	first, err := n.storage.FirstIndex()
 	if err != nil || first > index {
 		return compactTo

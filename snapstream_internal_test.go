@@ -124,11 +124,48 @@ func TestCompactIndexBoundsBytes(t *testing.T) {
 		{"bytes bound", 50, 5*size + size/2, 95},
 		{"one entry too large", 50, size / 2, 100},
 		{"nothing to compact", 200, 1 << 30, 0},
+		{"bytes bound, fewer entries than the count bound", 200, 5*size + size/2, 95},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			n := &Node{cfg: Config{CatchUpEntries: tt.entries, CatchUpBytes: tt.bytes}, storage: ms}
 			if got := n.compactIndex(100); got != tt.want {
 				t.Fatalf("compactIndex(100) = %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+// A snapshot is due after SnapshotCount entries, or once the log applied
+// since the last one holds SnapshotBytes and more bytes than that
+// snapshot's state file, or when one is asked for.
+func TestSnapshotDue(t *testing.T) {
+	const count, bytes = 100, 1000
+	for _, tt := range []struct {
+		name                 string
+		entries              uint64 // applied since the last snapshot
+		logBytes, stateBytes uint64
+		snapNow              bool
+		want                 bool
+	}{
+		{"nothing yet", 10, 500, 100, false, false},
+		{"entry count", count, 500, 100, false, true},
+		{"log bytes", 10, bytes, 100, false, true},
+		{"log smaller than the state", 10, 5 * bytes, 8 * bytes, false, false},
+		{"log as large as the state", 10, 8 * bytes, 8 * bytes, false, true},
+		{"asked for", 1, 0, 100, true, true},
+		{"asked for, nothing applied", 0, 0, 100, true, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a := applier{
+				n:            &Node{cfg: Config{SnapshotCount: count, SnapshotBytes: bytes}},
+				snapIndex:    50,
+				appliedIndex: 50 + tt.entries,
+				logBytes:     tt.logBytes,
+				stateBytes:   tt.stateBytes,
+				snapNow:      tt.snapNow,
+			}
+			if got := a.snapshotDue(); got != tt.want {
+				t.Fatalf("snapshotDue() = %v, want %v", got, tt.want)
 			}
 		})
 	}

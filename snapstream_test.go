@@ -32,6 +32,28 @@ func stateFiles(t *testing.T, m *tc.Member) []string {
 	return files
 }
 
+// With few, large entries, snapshots follow the bytes applied rather than
+// the entry count: the in-memory log stays bounded by SnapshotBytes.
+func TestSnapshotDueByBytes(t *testing.T) {
+	const snapBytes = 32 << 10
+	c := tc.NewSingle(t, func(cfg *embedraft.Config) {
+		cfg.Cluster = true
+		cfg.SnapshotCount = 1_000_000
+		cfg.SnapshotBytes = snapBytes
+	})
+	m := c.Members[0]
+	value := strings.Repeat("v", 4<<10)
+	for range 3 * snapBytes / len(value) { // one key: the state stays small
+		c.MustSet(m, "k", value)
+	}
+	tc.Eventually(t, 10*time.Second, func() error {
+		if n := mustValue(t, scrape(t, c, m), "embedraft_snapshots_total", nil); n < 2 {
+			return fmt.Errorf("%v snapshots after %d KiB written, want at least 2", n, 3*snapBytes>>10)
+		}
+		return nil
+	})
+}
+
 // A service with a streamed snapshot (the demo's store) and a state of more
 // than 100 times MaxRequestBytes catches a new member up by a snapshot, and
 // that member restarts from the state file it received.

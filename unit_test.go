@@ -68,6 +68,12 @@ func TestConfigDefaults(t *testing.T) {
 		c.ElectionTicks != 10 || c.HeartbeatTicks != 1 || c.ID != 1 || c.Logger == nil {
 		t.Fatalf("defaults: %+v", c)
 	}
+	if c.SnapshotBytes != DefaultSnapshotBytes || c.CatchUpBytes != DefaultSnapshotBytes/2 {
+		t.Fatalf("SnapshotBytes %d, CatchUpBytes %d: want %d and half of it", c.SnapshotBytes, c.CatchUpBytes, DefaultSnapshotBytes)
+	}
+	if c := (Config{SnapshotBytes: 1 << 40}).withDefaults(); c.CatchUpBytes != DefaultCatchUpBytes {
+		t.Fatalf("CatchUpBytes %d with a huge SnapshotBytes, want the %d ceiling", c.CatchUpBytes, DefaultCatchUpBytes)
+	}
 	if c := (Config{Peers: map[uint64]string{2: "http://a:2"}}).withDefaults(); c.ID != 0 {
 		t.Fatalf("ID defaulted with Peers: %d", c.ID)
 	}
