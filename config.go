@@ -129,16 +129,18 @@ type Config struct {
 	// routes stay open. Re-read when it changes. Requires CertFile.
 	CAFile string
 
-	// SnapshotCount is the number of applied entries between automatic
-	// snapshots. Default DefaultSnapshotCount (10000).
+	// SnapshotCount is the most applied entries between automatic
+	// snapshots (SnapshotBytes may make one due sooner). Default
+	// DefaultSnapshotCount (10000).
 	SnapshotCount uint64
 
 	// SnapshotBytes also makes a snapshot due once the entries applied
-	// since the last one hold this many bytes and more than the last
-	// snapshot's state file: the in-memory log stays bounded however many
-	// writes an entry batches, and a large state is not rewritten more
-	// often than the log it replaces grows. Default DefaultSnapshotBytes
-	// (8 MiB).
+	// since the last one hold this many bytes of data and more than the
+	// last snapshot's state file. The in-memory log then stays within
+	// about the larger of SnapshotBytes and the state's size (plus
+	// CatchUpBytes) however many writes an entry batches, and a large
+	// state is not rewritten more often than the log grows by its size.
+	// Default DefaultSnapshotBytes (8 MiB).
 	SnapshotBytes uint64
 
 	// CatchUpEntries is how many entries before a snapshot are kept in memory

@@ -43,9 +43,9 @@ type IService interface {
 	ResetSnap(data []byte) error
 
 	// GetSnapshot serializes the whole state for a snapshot. Called from the
-	// apply goroutine every Config.SnapshotCount applied entries (or
-	// Config.SnapshotBytes of them), so the state is exactly that of the
-	// last applied entry. An error skips this
+	// apply goroutine when a snapshot is due (Config.SnapshotCount,
+	// Config.SnapshotBytes), so the state is exactly that of the last
+	// applied entry. An error skips this
 	// snapshot (logged); the next one is tried after further entries. It is
 	// also called for a backup (Node.Backup): on the apply goroutine in
 	// cluster mode, and on the request's goroutine with writes held in

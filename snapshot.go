@@ -49,11 +49,15 @@ type snapshotOutcome struct {
 	err  error
 }
 
-// stateFileBytes is the size of the state file snap refers to (0 when
-// there is none).
+// stateFileBytes is the size of snap's state: of the state file it refers
+// to, or of its data for a snapshot that holds the state itself (written
+// before state files).
 func stateFileBytes(snap raftpb.Snapshot) uint64 {
 	ref, isRef, err := parseSnapRef(snap.Data)
-	if !isRef || err != nil {
+	switch {
+	case !isRef:
+		return uint64(len(snap.Data))
+	case err != nil:
 		return 0
 	}
 	return uint64(ref.Size)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -166,6 +167,67 @@ func TestSnapshotDue(t *testing.T) {
 			}
 			if got := a.snapshotDue(); got != tt.want {
 				t.Fatalf("snapshotDue() = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// A failed snapshot's bytes count again toward the next one; a saved
+// snapshot's size is the bar for the next, unless a snapshot was installed
+// meanwhile (the apply loop then set both from that one).
+func TestSnapshotOutcomeBookkeeping(t *testing.T) {
+	type want struct{ snapIndex, logBytes, stateBytes uint64 }
+	for _, tt := range []struct {
+		name      string
+		installed bool // a received snapshot at 22 (70 bytes) is installed while the job runs
+		outcome   snapshotOutcome
+		want      want
+	}{
+		{"saved", false, snapshotOutcome{size: 500}, want{20, 30, 500}},
+		{"failed", false, snapshotOutcome{err: errors.New("disk full")}, want{10, 180, 40}},
+		{"saved after an install", true, snapshotOutcome{size: 500}, want{22, 0, 70}},
+		{"failed after an install", true, snapshotOutcome{err: errors.New("disk full")}, want{22, 0, 70}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			n := &Node{cfg: Config{SnapshotCount: 1000, SnapshotBytes: 1000}, log: slog.New(slog.DiscardHandler)}
+			n.mode.Store(ModeStandalone) // bookkeeping only: no new snapshot starts
+			// A job started at 20, when 150 bytes had been applied since
+			// the snapshot at 10 (of 40 bytes); 30 more bytes since.
+			done := make(chan snapshotOutcome, 1)
+			a := &applier{n: n, snapDone: done, snapPrev: 10, snapPrevBytes: 150, snapJob: 20,
+				snapIndex: 20, appliedIndex: 25, logBytes: 30, stateBytes: 40}
+			if tt.installed {
+				a.snapIndex, a.appliedIndex, a.logBytes, a.stateBytes = 22, 25, 0, 70
+			}
+			done <- tt.outcome
+			a.maybeSnapshot()
+			if a.snapDone != nil {
+				t.Fatal("the outcome was not taken")
+			}
+			if got := (want{a.snapIndex, a.logBytes, a.stateBytes}); got != tt.want {
+				t.Fatalf("snapIndex, logBytes, stateBytes = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// A snapshot's state size: its state file's, or its own data's when it
+// holds the state itself.
+func TestStateFileBytes(t *testing.T) {
+	ref := snapRef{File: "0000000000000001-0000000000000010.state", Size: 1234, CRC: 7}
+	for _, tt := range []struct {
+		name string
+		data []byte
+		want uint64
+	}{
+		{"state file", ref.marshal(), 1234},
+		{"inline state", []byte("0123456789"), 10},
+		{"none", nil, 0},
+		{"bad reference", append(refMagic[:4:4], "{"...), 0},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := stateFileBytes(raftpb.Snapshot{Data: tt.data}); got != tt.want {
+				t.Fatalf("stateFileBytes = %d, want %d", got, tt.want)
 			}
 		})
 	}

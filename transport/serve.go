@@ -69,6 +69,7 @@ func ServeForward(w http.ResponseWriter, r *http.Request, stop <-chan struct{}, 
 		var hdr [24]byte
 		failed := false
 		for a := range answers {
+			yielded := false // at most once per flush, so a trickle cannot hold it back
 			for {
 				if !failed {
 					binary.BigEndian.PutUint64(hdr[:8], a.id)
@@ -83,10 +84,11 @@ func ServeForward(w http.ResponseWriter, r *http.Request, stop <-chan struct{}, 
 					}
 				}
 				next, ok, queued := nextQueued(answers)
-				if !queued {
+				if !queued && !yielded {
 					// The apply loop wakes a batch of writes at once: let
 					// the others that are ready add their answers to this
 					// flush instead of a write of their own each.
+					yielded = true
 					runtime.Gosched()
 					next, ok, queued = nextQueued(answers)
 				}

@@ -222,6 +222,7 @@ func (s *stream) writeLoop() {
 		case <-s.done:
 			return
 		}
+		yielded := false // at most once per flush, so a trickle cannot hold it back
 		for {
 			var c *streamCall
 			if !f.noReply {
@@ -253,8 +254,12 @@ func (s *stream) writeLoop() {
 				continue
 			default:
 			}
+			if yielded {
+				break
+			}
 			// Client writes come in bursts (their clients were answered
 			// together): let the others that are ready join this flush.
+			yielded = true
 			runtime.Gosched()
 			select {
 			case f = <-s.sendc:
