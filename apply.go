@@ -184,9 +184,12 @@ func (a *applier) applyConfChange(index uint64, cc raftpb.ConfChangeV2) {
 				n.addPeer(tr, ch.NodeID, m.Addr)
 			}
 			// A new member is sent the newest snapshot if it needs one,
-			// and raft ignores one that predates it: make a fresh one.
-			// (A learner's promotion needs none: it is in the last.)
-			if first, err := n.storage.FirstIndex(); err == nil && first > 1 && !inConfState(before, ch.NodeID) {
+			// and raft ignores one that predates it: the leader makes a
+			// fresh one. (A learner's promotion needs none: it is in the
+			// last. A follower that becomes leader later makes one when it
+			// first has to send it: snaptransfer.go's send.)
+			if first, err := n.storage.FirstIndex(); err == nil && first > 1 && !inConfState(before, ch.NodeID) &&
+				n.currentView().leader {
 				a.snapNow = true
 			}
 		case raftpb.ConfChangeUpdateNode:

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -270,6 +271,46 @@ func TestPeersSurviveCompaction(t *testing.T) {
 	}
 	if cm.Store.ResetCount() == 0 {
 		t.Fatal("the new node caught up without a snapshot; the test did not exercise compaction")
+	}
+}
+
+// A member joining a cluster whose log is compacted is sent a snapshot the
+// leader makes for it; the followers make none for the join.
+func TestJoinSnapshotTakenByLeaderOnly(t *testing.T) {
+	small := func(cfg *embedraft.Config) { cfg.SnapshotCount = 10; cfg.CatchUpEntries = 2 }
+	c := tc.NewStatic(t, 3, small)
+	leader := c.WaitLeader(5 * time.Second)
+	for i := range 25 {
+		c.MustSet(leader, fmt.Sprintf("k%d", i), "v")
+	}
+	c.WaitConverged(10 * time.Second)
+	lastWrite := leader.Node.Status().Applied
+	joiner := c.Join(leader, small)
+	waitVoters(t, c, 4)
+	if state := c.WaitConverged(15 * time.Second); len(state) != 25 {
+		t.Fatalf("state has %d keys, want 25", len(state))
+	}
+	if joiner.Store.ResetCount() == 0 {
+		t.Fatal("the new member caught up without a snapshot; the test did not exercise compaction")
+	}
+	for _, m := range c.Members {
+		if m == joiner {
+			continue
+		}
+		newest := uint64(0)
+		for _, f := range stateFiles(t, m) {
+			var term, index uint64
+			if _, err := fmt.Sscanf(filepath.Base(f), "%016x-%016x.state", &term, &index); err != nil {
+				t.Fatalf("state file %s: %v", f, err)
+			}
+			newest = max(newest, index)
+		}
+		switch isLeader := m == leader; {
+		case isLeader && newest <= lastWrite:
+			t.Errorf("the leader made no snapshot for the join (newest at %d, last write %d)", newest, lastWrite)
+		case !isLeader && newest > lastWrite:
+			t.Errorf("follower %d made a snapshot at %d for the join (last write %d)", m.ID, newest, lastWrite)
+		}
 	}
 }
 

@@ -65,9 +65,9 @@ func stateFileBytes(snap raftpb.Snapshot) uint64 {
 
 // maybeSnapshot starts a snapshot every SnapshotCount applied entries, once
 // the entries applied since the last one hold SnapshotBytes and more bytes
-// than its state file, or when snapNow asks for one. The capture runs here, on the apply
-// goroutine, so it sees exactly the state at appliedIndex; nothing else
-// about the snapshot does.
+// than its state file, or when snapNow asks for one. The capture runs
+// here, on the apply goroutine, so it sees exactly the state at
+// appliedIndex; nothing else about the snapshot does.
 func (a *applier) maybeSnapshot() {
 	n := a.n
 	if n.snapWanted.Swap(false) {
