@@ -45,12 +45,12 @@ type IService interface {
 	// GetSnapshot serializes the whole state for a snapshot. Called from the
 	// apply goroutine when a snapshot is due (Config.SnapshotCount,
 	// Config.SnapshotBytes), so the state is exactly that of the last
-	// applied entry. An error skips this
-	// snapshot (logged); the next one is tried after further entries. It is
-	// also called for a backup (Node.Backup): on the apply goroutine in
-	// cluster mode, and on the request's goroutine with writes held in
-	// standalone mode. A service implementing StreamSnapshotter is asked
-	// for a view instead, except for a standalone backup.
+	// applied entry. An error skips this snapshot (logged); the next one is
+	// tried after further entries. It is also called for a backup
+	// (Node.Backup): on the apply goroutine in cluster mode, and on the
+	// request's goroutine with writes held in standalone mode. A service
+	// implementing StreamSnapshotter is asked for a view instead, except
+	// for a standalone backup.
 	GetSnapshot() (data []byte, err error)
 
 	// SetRaft hands the service the sender it may use from its own handlers.

@@ -33,7 +33,7 @@ func stateFiles(t *testing.T, m *tc.Member) []string {
 }
 
 // With few, large entries, snapshots follow the bytes applied rather than
-// the entry count: the in-memory log stays bounded by SnapshotBytes.
+// the entry count (TestInMemoryLogBoundedByBytes checks the log's size).
 func TestSnapshotDueByBytes(t *testing.T) {
 	const snapBytes = 32 << 10
 	c := tc.NewSingle(t, func(cfg *embedraft.Config) {

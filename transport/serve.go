@@ -69,7 +69,7 @@ func ServeForward(w http.ResponseWriter, r *http.Request, stop <-chan struct{}, 
 		var hdr [24]byte
 		failed := false
 		for a := range answers {
-			yielded := false // at most once per flush, so a trickle cannot hold it back
+			yielded := false // nextReady's, per flush
 			for {
 				if !failed {
 					binary.BigEndian.PutUint64(hdr[:8], a.id)
@@ -83,26 +83,19 @@ func ServeForward(w http.ResponseWriter, r *http.Request, stop <-chan struct{}, 
 						failed = true
 					}
 				}
-				next, ok, queued := nextQueued(answers)
-				if !queued && !yielded {
-					// The apply loop wakes a batch of writes at once: let
-					// the others that are ready add their answers to this
-					// flush instead of a write of their own each.
-					yielded = true
-					runtime.Gosched()
-					next, ok, queued = nextQueued(answers)
+				// The apply loop wakes a batch of writes at once: their
+				// answers go out in one flush.
+				next, ok, queued := nextReady(answers, &yielded)
+				if !queued {
+					break
 				}
-				if queued && !ok {
+				if !ok {
 					if !failed {
 						_ = bw.Flush()
 					}
 					return
 				}
-				if queued {
-					a = next
-					continue
-				}
-				break
+				a = next
 			}
 			if !failed && (bw.Flush() != nil || rc.Flush() != nil) {
 				failed = true
@@ -216,13 +209,27 @@ type answerFrame struct {
 	StreamAnswer
 }
 
-// nextQueued takes an answer from c without waiting: queued is false when
-// there is none, ok false when c is closed.
-func nextQueued(c <-chan answerFrame) (a answerFrame, ok, queued bool) {
+// nextReady takes a value queued on c without waiting for one to be sent.
+// When none is queued and *yielded is false, it first yields the processor
+// once (and sets *yielded), so that goroutines woken together can queue
+// theirs and a stream writer sends them in one flush; once per flush, so a
+// trickle cannot hold a flush back. queued is false when none was taken,
+// ok false when c is closed.
+func nextReady[T any](c <-chan T, yielded *bool) (v T, ok, queued bool) {
 	select {
-	case a, ok = <-c:
-		return a, ok, true
+	case v, ok = <-c:
+		return v, ok, true
 	default:
-		return a, false, false
+	}
+	if *yielded {
+		return v, false, false
+	}
+	*yielded = true
+	runtime.Gosched()
+	select {
+	case v, ok = <-c:
+		return v, ok, true
+	default:
+		return v, false, false
 	}
 }

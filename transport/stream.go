@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -222,7 +221,7 @@ func (s *stream) writeLoop() {
 		case <-s.done:
 			return
 		}
-		yielded := false // at most once per flush, so a trickle cannot hold it back
+		yielded := false // nextReady's, per flush
 		for {
 			var c *streamCall
 			if !f.noReply {
@@ -249,24 +248,13 @@ func (s *stream) writeLoop() {
 					return
 				}
 			}
-			select {
-			case f = <-s.sendc:
-				continue
-			default:
-			}
-			if yielded {
+			// Client writes come in bursts (their clients were answered
+			// together): they go out in one flush. sendc is never closed.
+			next, _, queued := nextReady(s.sendc, &yielded)
+			if !queued {
 				break
 			}
-			// Client writes come in bursts (their clients were answered
-			// together): let the others that are ready join this flush.
-			yielded = true
-			runtime.Gosched()
-			select {
-			case f = <-s.sendc:
-				continue
-			default:
-			}
-			break
+			f = next
 		}
 		if err := w.Flush(); err != nil {
 			s.kill(err)

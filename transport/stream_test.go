@@ -401,3 +401,21 @@ func TestStreamProbes(t *testing.T) {
 		t.Fatalf("write after probes: %+v, %v", resp, err)
 	}
 }
+
+// nextReady takes what is queued, yields at most once per flush when
+// nothing is, and reports a closed channel.
+func TestNextReady(t *testing.T) {
+	c := make(chan int, 2)
+	c <- 7
+	yielded := false
+	if v, ok, queued := nextReady(c, &yielded); v != 7 || !ok || !queued || yielded {
+		t.Fatalf("queued value: got %d %v %v, yielded %v", v, ok, queued, yielded)
+	}
+	if _, _, queued := nextReady(c, &yielded); queued || !yielded {
+		t.Fatalf("empty channel: queued %v, yielded %v; want none taken after one yield", queued, yielded)
+	}
+	close(c)
+	if _, ok, queued := nextReady(c, &yielded); ok || !queued {
+		t.Fatalf("closed channel: ok %v, queued %v", ok, queued)
+	}
+}
