@@ -62,7 +62,8 @@
 // CaptureSnapshot, else GetSnapshot) and a snapshot goroutine writes it
 // with the membership to a checksummed file under DataDir/snap/state while
 // commits go on; then the in-memory log is compacted, keeping
-// CatchUpEntries (at most CatchUpBytes) for slow followers. A follower further behind receives the snapshot through
+// CatchUpEntries (at most CatchUpBytes) for slow followers. A follower
+// further behind receives the snapshot through
 // rafthttp and loads it with RestoreSnapshot or ResetSnap.
 //
 // # Security
