@@ -63,8 +63,8 @@
 // with the membership to a checksummed file under DataDir/snap/state while
 // commits go on; then the in-memory log is compacted, keeping
 // CatchUpEntries (at most CatchUpBytes) for slow followers. A follower
-// further behind receives the snapshot through
-// rafthttp and loads it with RestoreSnapshot or ResetSnap.
+// further behind receives the snapshot through rafthttp and loads it with
+// RestoreSnapshot or ResetSnap.
 //
 // # Security
 //
