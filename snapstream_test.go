@@ -286,3 +286,43 @@ func TestSnapshotStreamForgedOrDamaged(t *testing.T) {
 	c.MustSet(m, "after", "1")
 	c.WaitConverged(10 * time.Second)
 }
+
+// A follower that was down while more than CatchUpBytes of entries were
+// written comes back through a snapshot, even though the entry counts are
+// far from CatchUpEntries and SnapshotCount: the log is compacted by
+// bytes, and every acknowledged write reaches the follower.
+func TestFollowerBehindCatchUpBytesGetsSnapshot(t *testing.T) {
+	const snapBytes = 64 << 10 // CatchUpBytes defaults to half of it
+	c := tc.NewStatic(t, 3, func(cfg *embedraft.Config) {
+		cfg.SnapshotBytes = snapBytes
+	})
+	leader := c.WaitLeader(5 * time.Second)
+	f := c.Followers()[0]
+	c.MustSet(leader, "before", "1")
+	c.WaitConverged(10 * time.Second)
+	f.Stop()
+
+	value := strings.Repeat("v", 4<<10)
+	const writes = 4 * snapBytes / (4 << 10)
+	for i := range writes {
+		c.MustSet(leader, fmt.Sprintf("k%d", i%8), fmt.Sprintf("%d-%s", i, value))
+	}
+	if len(stateFiles(t, leader)) == 0 {
+		t.Fatalf("the leader took no snapshot after %d KiB written", writes*4)
+	}
+
+	f.Restart()
+	restoredLocally := f.Store.ResetCount()
+	state := c.WaitConverged(20 * time.Second)
+	if len(state) != 9 {
+		t.Fatalf("converged on %d keys, want 9", len(state))
+	}
+	for i := writes - 8; i < writes; i++ {
+		if want := fmt.Sprintf("%d-%s", i, value); state[fmt.Sprintf("k%d", i%8)] != want {
+			t.Fatalf("k%d is not the last value written to it", i%8)
+		}
+	}
+	if f.Store.ResetCount() == restoredLocally {
+		t.Fatalf("the follower caught up from the log: nothing was compacted past it")
+	}
+}
