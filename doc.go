@@ -18,7 +18,7 @@
 //		},
 //	}, svc)
 //	if err != nil { ... }
-//	router.Handle("/raft/*", node.Handler()) // or mount it at "/"
+//	mux.Handle("/", node.Handler())          // it serves /raft/..., /healthz, /readyz, /metrics
 //	...
 //	data, err := node.Send(ctx, body)         // or POST /raft/api/set; data is its JSON answer
 //	...
@@ -40,12 +40,14 @@
 // # Reads
 //
 // The service reads its own state. LinearizableRead waits until this node
-// has applied everything acknowledged before the call (raft's ReadIndex), so
-// a read after it is linearizable.
+// has applied everything acknowledged before the call (a read index from
+// raft's ReadIndex or, with at most three voters, confirmed by the leader
+// and one follower over the forwarding stream), so a read after it is
+// linearizable.
 //
 // # Modes
 //
-// A node with no Peers and no WAL starts standalone: writes call
+// A node with no Peers, no Join, no Cluster and no WAL starts standalone: writes call
 // PreProcessData then Commit directly and the service owns durability. With
 // Peers (every member given the same id -> URL map) it bootstraps a static
 // cluster whose id is derived from that map; with Cluster it starts a
