@@ -21,8 +21,14 @@ func (n *Node) applyLoop(snap raftpb.Snapshot) {
 	n.setVoters(a.confState)
 	for {
 		select {
-		case b := <-n.applyc:
-			if err := a.apply(b); err != nil {
+		case <-n.applyq.ready:
+			b, ok := n.applyq.pop()
+			if !ok {
+				continue
+			}
+			err := a.apply(b)
+			n.applyq.done()
+			if err != nil {
 				n.stop(err)
 				return
 			}

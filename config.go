@@ -179,7 +179,10 @@ type Config struct {
 	// before it fails with ErrNoLeader. Default 3s.
 	LeaderWait time.Duration
 
-	// ForwardTimeout bounds one forwarded request to the leader. Default 10s.
+	// ForwardTimeout bounds one forwarded request to the leader. A quarter
+	// of it bounds a read-index exchange over the forwarding stream, and
+	// half of it how long committed writes may wait for the service before
+	// new writes are refused (ErrBusy). Default 10s.
 	ForwardTimeout time.Duration
 
 	// DialOverride maps a member's advertised URL to the URL this node

@@ -41,8 +41,9 @@ var (
 	ErrUnknownOutcome = errors.New("embedraft: write outcome unknown")
 
 	// ErrBusy is returned (HTTP 503) when a write finds the queue to the
-	// leader, or the leader's queue for a forwarding stream, full. Nothing
-	// was proposed; retry later.
+	// leader, or the leader's queue for a forwarding stream, full, or when
+	// the service is far behind in applying committed writes (applyqueue.go).
+	// Nothing was proposed; retry later.
 	ErrBusy = errors.New("embedraft: too many writes in flight")
 
 	// ErrStopped is returned by every method of a node after Close, or of a

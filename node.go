@@ -86,7 +86,7 @@ type Node struct {
 	storage *raft.MemoryStorage
 	disk    *diskStorage
 	peerTr  atomic.Pointer[rafthttp.Transport]
-	applyc  chan applyBatch
+	applyq  *applyQueue
 	propc   chan proposal // writes waiting for proposeLoop
 	// persisting is set while the raft loop writes a Ready's entries;
 	// persisted (capacity 1) wakes the proposer when it is done (batch.go).
@@ -477,7 +477,7 @@ func (n *Node) restartRaft(disk *diskStorage, rec recovered) error {
 // error, release frees what was set up.
 func (n *Node) startLoops(disk *diskStorage, storage *raft.MemoryStorage, peers map[uint64]string) error {
 	n.disk, n.storage = disk, storage
-	n.applyc = make(chan applyBatch, 16)
+	n.applyq = newApplyQueue()
 	n.propc = make(chan proposal, proposalQueue)
 	n.persisted = make(chan struct{}, 1)
 	n.snapReqc = make(chan snapshotRequest, 1)

@@ -80,11 +80,8 @@ func (n *Node) run() {
 				return
 			}
 			if len(rd.CommittedEntries) > 0 || !raft.IsEmptySnap(rd.Snapshot) {
-				select {
-				case n.applyc <- applyBatch{snapshot: rd.Snapshot, entries: rd.CommittedEntries}:
-				case <-n.stopc:
-					return
-				}
+				// Never waits for the apply loop (applyqueue.go).
+				n.applyq.push(applyBatch{snapshot: rd.Snapshot, entries: rd.CommittedEntries})
 				// A node must not vote or campaign under a configuration
 				// it has not applied yet (etcd's waitApply): wait for
 				// committed membership changes before going on.

@@ -82,10 +82,7 @@ func inConfState(cs raftpb.ConfState, id uint64) bool {
 // is busy otherwise, and will look soon). Raft loop only.
 func (n *Node) requestSnapshot() {
 	n.snapWanted.Store(true)
-	select {
-	case n.applyc <- applyBatch{}:
-	default:
-	}
+	n.applyq.pushIfIdle(applyBatch{})
 }
 
 // sendSnapshot hands a MsgSnap and its state file to rafthttp, which sends

@@ -103,6 +103,9 @@ func (n *Node) write(ctx context.Context, key string, body []byte) (_ writeResul
 		if res, ok, err := n.shortcut(key); ok {
 			return res, false, err
 		}
+		if err := n.busyApplying(); err != nil {
+			return writeResult{}, false, err
+		}
 		if pre == nil {
 			var err error
 			if pre, err = n.preprocess(key, body); err != nil {
@@ -114,6 +117,10 @@ func (n *Node) write(ctx context.Context, key string, body []byte) (_ writeResul
 		// leader transfer is in progress).
 		return res, errors.Is(err, ErrNotLeader), err
 	}, func(lead uint64) (writeResult, bool, error) {
+		// This node answers only once it has applied the write itself.
+		if err := n.busyApplying(); err != nil {
+			return writeResult{}, false, err
+		}
 		return n.forward(ctx, lead, key, body)
 	})
 }
@@ -185,6 +192,9 @@ func (n *Node) proposeLocal(ctx context.Context, key string, body []byte) (write
 	}
 	if res, ok, err := n.shortcut(key); ok {
 		return res, err
+	}
+	if err := n.busyApplying(); err != nil {
+		return writeResult{}, err
 	}
 	n.inflight.Add(1)
 	defer n.inflight.Add(-1)

@@ -55,10 +55,22 @@ type Store struct {
 	commits    atomic.Int64
 	resets     atomic.Int64
 	writeHook  atomic.Pointer[func()]
+	commitHook atomic.Pointer[func()]
 }
 
 // New returns an empty store.
 func New() *Store { return &Store{data: map[string]string{}} }
+
+// SetCommitHook makes every later CommitResult call f first, outside the
+// store's lock; tests use it to make the service's Commit slow. nil
+// removes it.
+func (s *Store) SetCommitHook(f func()) {
+	if f == nil {
+		s.commitHook.Store(nil)
+		return
+	}
+	s.commitHook.Store(&f)
+}
 
 // SetReader sets what linearizable reads wait on (the node).
 func (s *Store) SetReader(r Reader) { s.reader = r }
@@ -140,6 +152,9 @@ func (s *Store) Commit(data []byte) error {
 // changes nothing. In standalone mode with a standalone log open, the write
 // is made durable first.
 func (s *Store) CommitResult(data []byte) (interface{}, error) {
+	if f := s.commitHook.Load(); f != nil {
+		(*f)()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	op, err := decodeOp(data)
