@@ -133,7 +133,7 @@ func (n *Node) busyApplying() error {
 }
 
 func (n *Node) applyBacklog(now time.Time) error {
-	if n.applyq == nil { // not in cluster mode yet: nothing is applied by the loop
+	if n.applyq == nil { // set before cluster mode; checked so that no path can panic
 		return nil
 	}
 	if w := n.applyq.waited(now); w > n.maxApplyWait() {

@@ -1,9 +1,12 @@
 package embedraft
 
 import (
+	"errors"
+	"log/slog"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/raft/v3"
 	"go.etcd.io/etcd/raft/v3/raftpb"
 )
 
@@ -52,4 +55,38 @@ func TestApplyQueue(t *testing.T) {
 	if _, ok := q.pop(); !ok {
 		t.Fatalf("the idle push was not queued")
 	}
+}
+
+// While a snapshot received from the leader is installed in storage but
+// still queued behind older batches, the apply loop takes no snapshot of
+// its own: its index is compacted away, so it could not be saved.
+func TestNoSnapshotBehindAnInstalledOne(t *testing.T) {
+	storage := raft.NewMemoryStorage()
+	if err := storage.ApplySnapshot(raftpb.Snapshot{Metadata: raftpb.SnapshotMetadata{Index: 100, Term: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	svc := &snapshotCounter{}
+	n := &Node{cfg: Config{SnapshotCount: 10, SnapshotBytes: 1 << 20}, svc: svc, storage: storage,
+		log: slog.New(slog.DiscardHandler)}
+	n.mode.Store(ModeCluster)
+	a := &applier{n: n, snapIndex: 20, appliedIndex: 50} // 30 entries since the last: due
+	if !a.snapshotDue() {
+		t.Fatal("the test's snapshot is not due")
+	}
+	a.maybeSnapshot()
+	if svc.snapshots != 0 || a.snapDone != nil || a.snapIndex != 20 {
+		t.Fatalf("a snapshot was started at %d behind the installed one at 100", a.appliedIndex)
+	}
+}
+
+// snapshotCounter counts GetSnapshot calls and fails them, so that no
+// snapshot job starts.
+type snapshotCounter struct {
+	nopService
+	snapshots int
+}
+
+func (s *snapshotCounter) GetSnapshot() ([]byte, error) {
+	s.snapshots++
+	return nil, errors.New("counted")
 }

@@ -2,6 +2,7 @@ package embedraft_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,20 +19,31 @@ import (
 // A service whose Commit stalls for longer than an election timeout does
 // not cost the leader its leadership: the raft loop hands committed entries
 // to the apply loop without waiting for it, so heartbeats and appends go on
-// while writes keep coming. (With the old hand-off, a channel of 16
-// batches, the leader's raft loop blocked behind the service and the
-// followers elected another leader.) Every acknowledged write is applied.
+// while writes keep coming, and a membership change committed meanwhile
+// does not make the leader wait either. (With the old hand-off, a channel
+// of 16 batches, the leader's raft loop blocked behind the service and the
+// followers elected another leader; and every member waited for a
+// committed membership change to be applied.) Every acknowledged write is
+// applied.
 func TestSlowCommitKeepsTheLeader(t *testing.T) {
+	t.Run("writes", func(t *testing.T) { testSlowCommitKeepsTheLeader(t, false) })
+	t.Run("membership change", func(t *testing.T) { testSlowCommitKeepsTheLeader(t, true) })
+}
+
+func testSlowCommitKeepsTheLeader(t *testing.T, change bool) {
 	c := tc.NewStatic(t, 3)
 	leader := c.WaitLeader(5 * time.Second)
 	term := leader.Node.Status().Term
 	var stall atomic.Bool
 	stall.Store(true)
-	// The stall stands for a service that pauses (a long GC, a slow disk, a
-	// call it makes): it is the behaviour under test, not a wait.
+	stalled := make(chan struct{})
+	// The stall (three election timeouts) stands for a service that pauses
+	// (a long GC, a slow disk, a call it makes): it is the behaviour under
+	// test, not a wait.
 	leader.Store.SetCommitHook(func() {
 		if stall.CompareAndSwap(true, false) {
-			time.Sleep(2 * time.Second)
+			close(stalled)
+			time.Sleep(3 * time.Second)
 		}
 	})
 	defer leader.Store.SetCommitHook(nil)
@@ -41,7 +53,7 @@ func TestSlowCommitKeepsTheLeader(t *testing.T) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var acked []string
-	until := time.Now().Add(3 * time.Second)
+	until := time.Now().Add(4 * time.Second)
 	for w := range 32 {
 		wg.Add(1)
 		go func() {
@@ -61,6 +73,20 @@ func TestSlowCommitKeepsTheLeader(t *testing.T) {
 					acked = append(acked, key)
 					mu.Unlock()
 				}
+			}
+		}()
+	}
+	if change {
+		// A learner that never starts: its addition commits while the
+		// leader's Commit is stalled.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-stalled
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if _, err := leader.Node.AddMember(ctx, embedraft.JoinRequest{Addr: "http://127.0.0.1:9"}); err != nil {
+				t.Errorf("add a learner: %v", err)
 			}
 		}()
 	}

@@ -33,6 +33,9 @@ func (n *Node) run() {
 	defer ticker.Stop()
 	tr := n.peerTr.Load()
 	isLeader := false
+	// pendingConf is the last committed membership change handed to the
+	// apply loop that this loop has not yet waited for (see below).
+	var pendingConf uint64
 	var view viewTracker
 	for {
 		select {
@@ -82,14 +85,21 @@ func (n *Node) run() {
 			if len(rd.CommittedEntries) > 0 || !raft.IsEmptySnap(rd.Snapshot) {
 				// Never waits for the apply loop (applyqueue.go).
 				n.applyq.push(applyBatch{snapshot: rd.Snapshot, entries: rd.CommittedEntries})
-				// A node must not vote or campaign under a configuration
-				// it has not applied yet (etcd's waitApply): wait for
-				// committed membership changes before going on.
 				if last, ok := lastConfChange(rd.CommittedEntries); ok {
-					if err := n.applied.wait(context.Background(), last, n.stopc); err != nil {
-						return
-					}
+					pendingConf = last
 				}
+			}
+			// A node must not vote or campaign under a configuration it
+			// has not applied yet: a follower or candidate waits for the
+			// committed membership changes before it sends anything
+			// (etcd's waitApply). A leader does neither, and waiting there
+			// would stop its heartbeats behind a slow service; one that
+			// steps down waits in its first Ready as a follower.
+			if pendingConf > 0 && !isLeader {
+				if err := n.applied.wait(context.Background(), pendingConf, n.stopc); err != nil {
+					return
+				}
+				pendingConf = 0
 			}
 			if !isLeader {
 				n.send(tr, rd.Messages)

@@ -97,6 +97,12 @@ func (a *applier) maybeSnapshot() {
 	if !a.snapshotDue() || n.Mode() != ModeCluster {
 		return
 	}
+	if first, err := n.storage.FirstIndex(); err == nil && first > a.appliedIndex+1 {
+		// A snapshot received from the leader is in storage but still
+		// queued behind older batches: one taken now could not be saved
+		// (its index is compacted), so wait until that one is applied.
+		return
+	}
 	start := time.Now()
 	var view SnapshotView
 	if ss, ok := n.svc.(StreamSnapshotter); ok {
