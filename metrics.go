@@ -85,7 +85,7 @@ func (n *Node) initMetrics() {
 	})
 	m.proposalsFailed = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "embedraft_proposals_failed_total",
-		Help: "Proposals raft refused or that were abandoned before reaching it (leadership moved, context ended).",
+		Help: "Proposals raft refused, and writes refused or abandoned before reaching it (busy, leadership moved, context ended).",
 	})
 	m.peerRefused = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "embedraft_peer_messages_refused_total",
