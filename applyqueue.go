@@ -14,13 +14,13 @@ import (
 // followers elected another leader, again and again.) etcd's server queues
 // its applies the same way.
 //
-// What bounds the queue is the leader's admission check (applyBacklog): a
-// write is refused with ErrBusy, before anything is proposed, while the
-// oldest batch not yet applied has waited longer than half of
-// ForwardTimeout, or while commit is more than maxApplyLagEntries ahead of
-// the applied index (etcd refuses at the same gap). A write admitted then
-// waits at most about that long for the writes before it, well within its
-// own timeout, instead of timing out behind an ever longer queue.
+// What bounds the queue is an admission check on the write paths
+// (busyApplying), on the node a write reaches and on the leader: a write is
+// refused with ErrBusy, before anything is proposed, while the oldest batch
+// not yet applied has waited longer than half of ForwardTimeout, or while
+// commit is more than maxApplyLagEntries ahead of the applied index (etcd
+// refuses at the same gap). Writes are thus refused early rather than left
+// to time out behind an ever longer queue.
 
 // maxApplyLagEntries is the gap between the commit and applied indexes past
 // which the leader refuses writes (etcd's maxGapBetweenApplyAndCommitIndex).

@@ -3,10 +3,7 @@ package embedraft_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -49,7 +46,6 @@ func testSlowCommitKeepsTheLeader(t *testing.T, change bool) {
 	defer leader.Store.SetCommitHook(nil)
 	// Writers that give up after 200 ms and write again keep proposing
 	// while the leader's service is stalled.
-	client := &http.Client{Timeout: 200 * time.Millisecond}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var acked []string
@@ -61,14 +57,7 @@ func testSlowCommitKeepsTheLeader(t *testing.T, change bool) {
 			m := c.Members[w%3]
 			for i := 0; time.Now().Before(until); i++ {
 				key := fmt.Sprintf("w%d-%d", w, i)
-				b, _ := json.Marshal(map[string]string{"key": key, "value": "v"})
-				resp, err := client.Post(m.URL+"/raft/api/set", "application/json", bytes.NewReader(b))
-				if err != nil {
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode == 200 {
+				if code, _, err := c.SetWithin(m, key, "v", 200*time.Millisecond); err == nil && code == 200 {
 					mu.Lock()
 					acked = append(acked, key)
 					mu.Unlock()
@@ -135,25 +124,20 @@ func TestApplyBacklogRefusesWrites(t *testing.T) {
 	// An attempt made before the backlog is old enough is taken and waits
 	// behind the service; the client gives up on it, and only the keys of
 	// refused writes are checked below.
-	client := &http.Client{Timeout: 300 * time.Millisecond}
 	var refused []string
 	for _, m := range []*tc.Member{leader, follower} {
 		attempt := 0
 		tc.Eventually(t, 10*time.Second, func() error {
 			attempt++
 			key := fmt.Sprintf("try-%d-%d", m.ID, attempt)
-			b, _ := json.Marshal(map[string]string{"key": key, "value": "1"})
-			resp, err := client.Post(m.URL+"/raft/api/set", "application/json", bytes.NewReader(b))
-			if err != nil {
-				return err
-			}
-			defer resp.Body.Close()
-			body, _ := io.ReadAll(resp.Body)
+			code, body, err := c.SetWithin(m, key, "1", 300*time.Millisecond)
 			switch {
-			case resp.StatusCode == 200:
+			case err != nil:
+				return err
+			case code == 200:
 				t.Fatalf("member %d acknowledged a write while its service was blocked", m.ID)
-			case resp.StatusCode != 503 || !bytes.Contains(body, []byte("still applying")):
-				return fmt.Errorf("status %d: %s", resp.StatusCode, body)
+			case code != 503 || !bytes.Contains(body, []byte("still applying")):
+				return fmt.Errorf("status %d: %s", code, body)
 			}
 			refused = append(refused, key)
 			return nil

@@ -47,12 +47,13 @@
 //
 // # Modes
 //
-// A node with no Peers, no Join, no Cluster and no WAL starts standalone: writes call
-// PreProcessData then Commit directly and the service owns durability. With
-// Peers (every member given the same id -> URL map) it bootstraps a static
-// cluster whose id is derived from that map; with Cluster it starts a
-// one-member cluster with a random id. A node whose DataDir holds a WAL
-// always restarts in cluster mode with the identity stored there.
+// A node with no Peers, no Join, no Cluster and no WAL starts standalone:
+// writes call PreProcessData then Commit directly and the service owns
+// durability. With Peers (every member given the same id -> URL map) it
+// bootstraps a static cluster whose id is derived from that map; with
+// Cluster it starts a one-member cluster with a random id. A node whose
+// DataDir holds a WAL always restarts in cluster mode with the identity
+// stored there.
 //
 // # Durability
 //

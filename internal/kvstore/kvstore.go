@@ -64,12 +64,15 @@ func New() *Store { return &Store{data: map[string]string{}} }
 // SetCommitHook makes every later CommitResult call f first, outside the
 // store's lock; tests use it to make the service's Commit slow. nil
 // removes it.
-func (s *Store) SetCommitHook(f func()) {
+func (s *Store) SetCommitHook(f func()) { setHook(&s.commitHook, f) }
+
+// setHook installs f in h, or removes the hook when f is nil.
+func setHook(h *atomic.Pointer[func()], f func()) {
 	if f == nil {
-		s.commitHook.Store(nil)
+		h.Store(nil)
 		return
 	}
-	s.commitHook.Store(&f)
+	h.Store(&f)
 }
 
 // SetReader sets what linearizable reads wait on (the node).

@@ -38,13 +38,7 @@ type view struct {
 
 // SetSnapshotWriteHook makes every later view's WriteTo call f first; tests
 // use it to hold a snapshot while writes go on. nil removes it.
-func (s *Store) SetSnapshotWriteHook(f func()) {
-	if f == nil {
-		s.writeHook.Store(nil)
-		return
-	}
-	s.writeHook.Store(&f)
-}
+func (s *Store) SetSnapshotWriteHook(f func()) { setHook(&s.writeHook, f) }
 
 // CaptureSnapshot freezes the map for the view. If an earlier view still
 // holds a frozen map, the view gets a copy of the state instead.

@@ -442,9 +442,27 @@ func (c *Cluster) Set(m *Member, key, value string) (int, []byte, error) {
 	return c.Post(m, "/raft/api/set", body)
 }
 
+// SetWithin is Set giving up after timeout (the write may still be
+// applied after that).
+func (c *Cluster) SetWithin(m *Member, key, value string, timeout time.Duration) (int, []byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	body, _ := json.Marshal(kvstore.Op{Key: key, Value: value})
+	return c.post(ctx, m, "/raft/api/set", body)
+}
+
 // Post sends body to path on m.
 func (c *Cluster) Post(m *Member, path string, body []byte) (int, []byte, error) {
-	resp, err := c.Client.Post(m.URL+path, "application/json", bytes.NewReader(body))
+	return c.post(context.Background(), m, path, body)
+}
+
+func (c *Cluster) post(ctx context.Context, m *Member, path string, body []byte) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, m.URL+path, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Client.Do(req)
 	if err != nil {
 		return 0, nil, err
 	}
