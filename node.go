@@ -132,6 +132,9 @@ type Node struct {
 	standaloneMarked atomic.Bool
 	// snapWanted asks the apply loop for a snapshot now (requestSnapshot).
 	snapWanted atomic.Bool
+	// snapConf is the configuration of the newest snapshot the apply loop
+	// started that has not failed; send asks no other for its members.
+	snapConf atomic.Pointer[raftpb.ConfState]
 	// starter is the leader's record of its last kindStarted proposal.
 	starter startedProposer
 	// heard is when each peer's last raft message arrived.

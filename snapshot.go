@@ -83,6 +83,7 @@ func (a *applier) maybeSnapshot() {
 			switch {
 			case out.err != nil:
 				n.log.Error("snapshot failed; will retry", "err", out.err)
+				n.snapConf.Store(nil)
 				if a.snapIndex == a.snapJob { // no snapshot installed since
 					a.snapIndex, a.snapNow = a.snapPrev, a.snapNow || a.snapPrevNow
 					a.logBytes += a.snapPrevBytes
@@ -127,6 +128,7 @@ func (a *applier) maybeSnapshot() {
 		view:      view,
 		start:     start,
 	}
+	n.snapConf.Store(&job.confState)
 	a.snapPrev, a.snapPrevNow, a.snapPrevBytes, a.snapJob = a.snapIndex, a.snapNow, a.logBytes, a.appliedIndex
 	a.snapIndex, a.snapNow, a.logBytes = a.appliedIndex, false, 0
 	done := make(chan snapshotOutcome, 1)

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -324,5 +325,57 @@ func TestFollowerBehindCatchUpBytesGetsSnapshot(t *testing.T) {
 	}
 	if f.Store.ResetCount() == restoredLocally {
 		t.Fatalf("the follower caught up from the log: nothing was compacted past it")
+	}
+}
+
+// A member that joins while the log is compacted costs the leader one
+// fresh snapshot. Raft resends the old one about once a heartbeat while the
+// fresh one is written; none of those resends may ask for another, which
+// would be a second full snapshot right after the first.
+func TestJoinTakesOneFreshSnapshot(t *testing.T) {
+	c := tc.NewStatic(t, 3, func(cfg *embedraft.Config) {
+		cfg.SnapshotCount = 40
+		cfg.CatchUpEntries = 5
+	})
+	leader := c.WaitLeader(5 * time.Second)
+	for i := range 50 {
+		c.MustSet(leader, fmt.Sprintf("k%02d", i), "v")
+	}
+	if len(stateFiles(t, leader)) == 0 {
+		t.Fatalf("the leader wrote no state file: the log is not compacted")
+	}
+	var written atomic.Int32
+	release := make(chan struct{})
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(release) }) }
+	defer unblock() // Close waits for the snapshot goroutine
+	leader.Store.SetSnapshotWriteHook(func() {
+		written.Add(1)
+		<-release
+	})
+	joiner := c.Join(leader)
+	tc.Eventually(t, 10*time.Second, func() error {
+		if written.Load() == 0 {
+			return fmt.Errorf("the leader started no fresh snapshot for member %d", joiner.ID)
+		}
+		return nil
+	})
+	// Hold the write for 50 heartbeats (the test clusters tick every
+	// 20 ms), while raft resends the old snapshot.
+	hold := time.NewTimer(time.Second)
+	<-hold.C
+	unblock()
+	c.WaitConverged(20 * time.Second)
+	if joiner.Store.ResetCount() == 0 {
+		t.Fatalf("the new member caught up without installing a snapshot")
+	}
+	// Entries applied after the fresh snapshot (promotion, the new
+	// member's record, these writes) would start a second one if asked.
+	for i := range 3 {
+		c.MustSet(leader, fmt.Sprintf("after%d", i), "v")
+	}
+	c.WaitConverged(10 * time.Second)
+	if n := written.Load(); n != 1 {
+		t.Fatalf("the leader wrote %d snapshots after the join, want 1", n)
 	}
 }

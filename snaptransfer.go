@@ -51,10 +51,15 @@ func (n *Node) send(tr *rafthttp.Transport, msgs []raftpb.Message) {
 		if !inConfState(m.Snapshot.Metadata.ConfState, m.To) {
 			// The newest snapshot predates the member (raft would
 			// ignore it after the whole transfer): have a fresh one
-			// made, and let raft retry once it is saved.
-			n.log.Info("snapshot predates the member it is for; making a fresh one", "to", m.To,
-				"index", m.Snapshot.Metadata.Index)
-			n.requestSnapshot()
+			// made, unless one that includes the member is being
+			// made, and let raft retry (about once a heartbeat) until
+			// it is saved. Asking on every retry would make a second
+			// full snapshot right after the first.
+			if cs := n.snapConf.Load(); cs == nil || !inConfState(*cs, m.To) {
+				n.log.Info("snapshot predates the member it is for; making a fresh one", "to", m.To,
+					"index", m.Snapshot.Metadata.Index)
+				n.requestSnapshot()
+			}
 			n.rn.ReportSnapshot(m.To, raft.SnapshotFailure)
 			continue
 		}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -30,9 +31,9 @@ type catchUpResult struct {
 	// PromotedS is when its status first said it is no longer a learner,
 	// after its start; -1: not seen before the bounded wait ended.
 	PromotedS float64 `json:"promoted_s"`
-	// SettleS is how long the bench then waited for every member to
-	// count one more snapshot (the promotion makes each take one), at
-	// most 2 s plus the catch-up time; Settled says whether all did.
+	// SettleS is how long the bench then waited for every member's
+	// snapshot count to stay unchanged for settleQuiet, at most 2 s plus
+	// the catch-up time; Settled says whether they did.
 	SettleS float64 `json:"settle_s"`
 	Settled bool    `json:"settled"`
 	// Received lists every "received snapshot" line: more than one means
@@ -147,10 +148,15 @@ func newCatchUpResult() catchUpResult {
 	return catchUpResult{JoinedS: -1, SnapshotInstalledS: -1, PromotedS: -1, ViaSnapshot: "not seen"}
 }
 
+// settleQuiet is how long every member's snapshot count must stay the
+// same before settle ends.
+const settleQuiet = time.Second
+
 // settle waits, within ctx, until the new node is promoted from learner,
-// then until every member has counted one more snapshot than at the
-// promotion or 2 s plus the catch-up time have passed, so that the memory
-// peaks include the snapshots the membership changes cause.
+// then until no member's snapshot count has changed for settleQuiet or 2 s
+// plus the catch-up time have passed, so that the memory peaks include the
+// snapshots the membership changes cause (on this build the leader's fresh
+// one for the new member, taken before the transfer).
 func (b *bencher) settle(ctx context.Context, res *catchUpResult, p *proc, members []target, start time.Time) {
 	tick := time.NewTicker(catchUpPoll)
 	defer tick.Stop()
@@ -184,7 +190,7 @@ func (b *bencher) settle(ctx context.Context, res *catchUpResult, p *proc, membe
 		}
 		return out
 	}
-	before := counts()
+	last, steadySince := counts(), time.Now()
 	bound = time.Now().Add(2*time.Second + secs(res.Seconds))
 	for time.Now().Before(bound) {
 		select {
@@ -192,11 +198,12 @@ func (b *bencher) settle(ctx context.Context, res *catchUpResult, p *proc, membe
 			return
 		case <-tick.C:
 		}
-		res.Settled = true
-		for i, n := range counts() {
-			res.Settled = res.Settled && before[i] >= 0 && n > before[i]
+		if now := counts(); !slices.Equal(now, last) || slices.Contains(now, -1) {
+			last, steadySince = now, time.Now()
+			continue
 		}
-		if res.Settled {
+		if time.Since(steadySince) >= settleQuiet {
+			res.Settled = true
 			return
 		}
 	}

@@ -118,9 +118,9 @@ func writeLargeTable(w io.Writer, rep *largeReport) {
 	}
 	fmt.Fprintf(w, "  joined %s; snapshots received: %s; installed index %d %s; via a snapshot: %s\n",
 		fmtSecs(cu.JoinedS), strings.Join(recv, ", "), cu.SnapshotIndex, fmtSecs(cu.SnapshotInstalledS), cu.ViaSnapshot)
-	settled := "every member counted one more snapshot"
+	settled := fmt.Sprintf("every member's snapshot count steady for %s", settleQuiet)
 	if !cu.Settled {
-		settled = "not every member counted one more snapshot"
+		settled = "snapshot counts still changing or unreadable"
 	}
 	fmt.Fprintf(w, "  promoted to voter %s; then waited %.2f s: %s\n", fmtSecs(cu.PromotedS), cu.SettleS, settled)
 	if len(cu.Received) > 1 {

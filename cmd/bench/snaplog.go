@@ -268,7 +268,7 @@ type snapshotRow struct {
 	StartS float64 `json:"start_s"`
 	EndS   float64 `json:"end_s"`
 	// Phase is "load" for a snapshot begun during the load, else
-	// "catch-up" (a member's addition makes every node take one).
+	// "catch-up" (a member's addition makes the leader take one).
 	Phase string `json:"phase"`
 }
 
