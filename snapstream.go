@@ -132,23 +132,12 @@ func (w *syncingWriter) Write(p []byte) (int, error) {
 // writeStateFile writes a state file from the membership and the view, and
 // returns the reference to it. It does not release the view.
 func writeStateFile(dir, name string, members []byte, view SnapshotView, stop <-chan struct{}) (snapRef, error) {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return snapRef{}, fmt.Errorf("%w: create state dir: %v", ErrStorage, err)
-	}
-	tmp := filepath.Join(dir, name+".tmp")
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
+	w, err := createStateFile(dir, name)
 	if err != nil {
-		return snapRef{}, fmt.Errorf("%w: create state file: %v", ErrStorage, err)
+		return snapRef{}, err
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	bw := bufio.NewWriterSize(&syncingWriter{f: f}, 1<<20)
-	cw := &countingWriter{w: bw, crc: crc32.New(crcTable), stop: stop}
+	defer w.abort()
+	cw := &countingWriter{w: w.bw, crc: crc32.New(crcTable), stop: stop}
 	head := append(snapMagic[:len(snapMagic):len(snapMagic)], binary.AppendUvarint(nil, uint64(len(members)))...)
 	if _, err := cw.Write(append(head, members...)); err != nil {
 		return snapRef{}, fmt.Errorf("%w: write state file: %v", ErrStorage, err)
@@ -157,36 +146,63 @@ func writeStateFile(dir, name string, members []byte, view SnapshotView, stop <-
 		return snapRef{}, fmt.Errorf("snapshot view: %w", err)
 	}
 	ref := snapRef{File: name, Size: cw.n, CRC: cw.crc.Sum32()}
-	if err := finishStateFile(f, bw, ref.CRC, filepath.Join(dir, name)); err != nil {
+	if err := w.commit(ref.CRC); err != nil {
 		return snapRef{}, err
-	}
-	ok = true
-	if err := fsyncDir(dir); err != nil {
-		return snapRef{}, fmt.Errorf("%w: sync state dir: %v", ErrStorage, err)
 	}
 	return ref, nil
 }
 
-// finishStateFile appends the checksum to a state file written through bw,
-// makes it durable, closes it and renames it to path (the caller then
-// fsyncs the directory). On error the caller removes the temporary file.
-func finishStateFile(f *os.File, bw *bufio.Writer, crc uint32, path string) error {
-	if err := binary.Write(bw, binary.BigEndian, crc); err != nil {
+// stateFileWriter writes a state file under a temporary name, synced in
+// steps (syncingWriter), until commit puts it in place or abort removes it.
+type stateFileWriter struct {
+	dir, name string
+	f         *os.File
+	bw        *bufio.Writer
+	placed    bool // renamed to name: abort leaves it
+}
+
+func createStateFile(dir, name string) (*stateFileWriter, error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("%w: create state dir: %v", ErrStorage, err)
+	}
+	f, err := os.CreateTemp(dir, name+".*.tmp")
+	if err != nil {
+		return nil, fmt.Errorf("%w: create state file: %v", ErrStorage, err)
+	}
+	return &stateFileWriter{dir: dir, name: name, f: f, bw: bufio.NewWriterSize(&syncingWriter{f: f}, 1<<20)}, nil
+}
+
+// commit appends the checksum, makes the file durable, renames it to its
+// name and makes the rename durable.
+func (w *stateFileWriter) commit(crc uint32) error {
+	if err := binary.Write(w.bw, binary.BigEndian, crc); err != nil {
 		return fmt.Errorf("%w: write state file: %v", ErrStorage, err)
 	}
-	if err := bw.Flush(); err != nil {
+	if err := w.bw.Flush(); err != nil {
 		return fmt.Errorf("%w: write state file: %v", ErrStorage, err)
 	}
-	if err := fileutil.Fsync(f); err != nil {
+	if err := fileutil.Fsync(w.f); err != nil {
 		return fmt.Errorf("%w: sync state file: %v", ErrStorage, err)
 	}
-	if err := f.Close(); err != nil {
+	if err := w.f.Close(); err != nil {
 		return fmt.Errorf("%w: close state file: %v", ErrStorage, err)
 	}
-	if err := os.Rename(f.Name(), path); err != nil {
+	if err := os.Rename(w.f.Name(), filepath.Join(w.dir, w.name)); err != nil {
 		return fmt.Errorf("%w: rename state file: %v", ErrStorage, err)
 	}
+	w.placed = true
+	if err := fsyncDir(w.dir); err != nil {
+		return fmt.Errorf("%w: sync state dir: %v", ErrStorage, err)
+	}
 	return nil
+}
+
+// abort removes the temporary file unless commit renamed it.
+func (w *stateFileWriter) abort() {
+	if !w.placed {
+		w.f.Close()
+		os.Remove(w.f.Name())
+	}
 }
 
 func fsyncDir(dir string) error {

@@ -235,25 +235,14 @@ func receivedStateFileName(md raftpb.SnapshotMetadata, ref snapRef) string {
 // before it renames the copy into place, and returns the local reference.
 // A stream that is short, long or damaged leaves nothing behind.
 func receiveStateFile(dir string, md raftpb.SnapshotMetadata, ref snapRef, r io.Reader) (snapRef, error) {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
-		return snapRef{}, fmt.Errorf("%w: create state dir: %v", ErrStorage, err)
-	}
 	name := receivedStateFileName(md, ref)
-	f, err := os.CreateTemp(dir, name+".*.tmp")
+	w, err := createStateFile(dir, name)
 	if err != nil {
-		return snapRef{}, fmt.Errorf("%w: create state file: %v", ErrStorage, err)
+		return snapRef{}, err
 	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
+	defer w.abort()
 	crc := crc32.New(crcTable)
-	bw := bufio.NewWriterSize(&syncingWriter{f: f}, 1<<20)
-	got, err := io.Copy(io.MultiWriter(bw, crc), io.LimitReader(r, ref.Size))
+	got, err := io.Copy(io.MultiWriter(w.bw, crc), io.LimitReader(r, ref.Size))
 	if err != nil {
 		return snapRef{}, fmt.Errorf("stream: %v", err)
 	}
@@ -271,12 +260,8 @@ func receiveStateFile(dir string, md raftpb.SnapshotMetadata, ref snapRef, r io.
 	if n, _ := r.Read(make([]byte, 1)); n != 0 {
 		return snapRef{}, errors.New("stream is longer than its snapshot")
 	}
-	if err := finishStateFile(f, bw, trailer, filepath.Join(dir, name)); err != nil {
+	if err := w.commit(trailer); err != nil {
 		return snapRef{}, err
-	}
-	ok = true
-	if err := fsyncDir(dir); err != nil {
-		return snapRef{}, fmt.Errorf("%w: sync state dir: %v", ErrStorage, err)
 	}
 	return snapRef{File: name, Size: ref.Size, CRC: ref.CRC}, nil
 }
