@@ -467,7 +467,7 @@ func TestRunLarge(t *testing.T) {
 	if len(rep.Snapshots) == 0 {
 		t.Errorf("no snapshot seen:\n%s", stdout.String())
 	}
-	if cu := rep.CatchUp; cu.Node == 0 || cu.TimedOut || cu.Applied < cu.TargetCommit || cu.ViaSnapshot != "yes" {
+	if cu := rep.CatchUp; cu.Node == 0 || cu.TimedOut || cu.Applied < cu.TargetCommit || cu.ViaSnapshot != "yes" || !cu.Settled {
 		t.Errorf("catch-up: %+v", cu)
 	}
 	if len(rep.Memory) != 4 || len(rep.StateFiles) != 4 {
