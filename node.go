@@ -130,7 +130,7 @@ type Node struct {
 	// standaloneMarked is set once DataDir records that this node has
 	// applied writes in standalone mode (see markStandaloneWrite).
 	standaloneMarked atomic.Bool
-	// snapWanted asks the apply loop for a snapshot now (requestSnapshot).
+	// snapWanted asks the apply loop for a snapshot now (send, for a member).
 	snapWanted atomic.Bool
 	// snapConf is the configuration of the newest snapshot the apply loop
 	// started that has not failed; send asks no other for its members.

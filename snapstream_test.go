@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/crc32"
 	"net/http"
@@ -184,9 +185,10 @@ func TestSnapshotWriteRunsConcurrentlyWithCommits(t *testing.T) {
 	var once sync.Once
 	unblock := func() { once.Do(func() { close(release) }) }
 	defer unblock() // Close waits for the snapshot goroutine
-	leader.Store.SetSnapshotWriteHook(func() {
+	leader.Store.SetSnapshotWriteHook(func() error {
 		entered <- struct{}{}
 		<-release
+		return nil
 	})
 	term := leader.Node.Status().Term
 	for i := 0; ; i++ {
@@ -349,9 +351,10 @@ func TestJoinTakesOneFreshSnapshot(t *testing.T) {
 	var once sync.Once
 	unblock := func() { once.Do(func() { close(release) }) }
 	defer unblock() // Close waits for the snapshot goroutine
-	leader.Store.SetSnapshotWriteHook(func() {
+	leader.Store.SetSnapshotWriteHook(func() error {
 		written.Add(1)
 		<-release
+		return nil
 	})
 	joiner := c.Join(leader)
 	tc.Eventually(t, 10*time.Second, func() error {
@@ -377,5 +380,40 @@ func TestJoinTakesOneFreshSnapshot(t *testing.T) {
 	c.WaitConverged(10 * time.Second)
 	if n := written.Load(); n != 1 {
 		t.Fatalf("the leader wrote %d snapshots after the join, want 1", n)
+	}
+}
+
+// A fresh snapshot for a new member that fails is made again, even when no
+// write comes to wake the apply loop: raft's resends of the old snapshot
+// do it.
+func TestJoinSnapshotRetriedAfterFailure(t *testing.T) {
+	c := tc.NewStatic(t, 3, func(cfg *embedraft.Config) {
+		cfg.SnapshotCount = 40
+		cfg.CatchUpEntries = 5
+	})
+	leader := c.WaitLeader(5 * time.Second)
+	for i := range 50 {
+		c.MustSet(leader, fmt.Sprintf("k%02d", i), "v")
+	}
+	if len(stateFiles(t, leader)) == 0 {
+		t.Fatalf("the leader wrote no state file: the log is not compacted")
+	}
+	var written atomic.Int32
+	leader.Store.SetSnapshotWriteHook(func() error {
+		if written.Add(1) == 1 {
+			return errors.New("injected snapshot failure")
+		}
+		return nil
+	})
+	joiner := c.Join(leader)
+	// No write from here on: the cluster is idle.
+	tc.Eventually(t, 10*time.Second, func() error {
+		if joiner.Store.Len() != 50 {
+			return fmt.Errorf("the new member has %d keys of 50 (%d snapshots written)", joiner.Store.Len(), written.Load())
+		}
+		return nil
+	})
+	if n := written.Load(); n != 2 {
+		t.Fatalf("the leader wrote %d snapshots for the join, want 2 (one failed)", n)
 	}
 }

@@ -58,8 +58,12 @@ func (n *Node) send(tr *rafthttp.Transport, msgs []raftpb.Message) {
 			if cs := n.snapConf.Load(); cs == nil || !inConfState(*cs, m.To) {
 				n.log.Info("snapshot predates the member it is for; making a fresh one", "to", m.To,
 					"index", m.Snapshot.Metadata.Index)
-				n.requestSnapshot()
+				n.snapWanted.Store(true)
 			}
+			// Wake the apply loop either way: it starts the snapshot,
+			// and it learns only when it runs that the one being
+			// written failed (and retries it), even with no writes.
+			n.applyq.pushIfIdle(applyBatch{})
 			n.rn.ReportSnapshot(m.To, raft.SnapshotFailure)
 			continue
 		}
@@ -80,14 +84,6 @@ func inConfState(cs raftpb.ConfState, id uint64) bool {
 		}
 	}
 	return false
-}
-
-// requestSnapshot asks the apply loop for a snapshot at its next batch,
-// and hands it an empty batch so that one comes even with no writes (it
-// is busy otherwise, and will look soon). Raft loop only.
-func (n *Node) requestSnapshot() {
-	n.snapWanted.Store(true)
-	n.applyq.pushIfIdle(applyBatch{})
 }
 
 // sendSnapshot hands a MsgSnap and its state file to rafthttp, which sends

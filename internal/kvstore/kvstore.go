@@ -54,7 +54,7 @@ type Store struct {
 	preprocess atomic.Int64
 	commits    atomic.Int64
 	resets     atomic.Int64
-	writeHook  atomic.Pointer[func()]
+	writeHook  atomic.Pointer[func() error]
 	commitHook atomic.Pointer[func()]
 }
 
@@ -67,7 +67,7 @@ func New() *Store { return &Store{data: map[string]string{}} }
 func (s *Store) SetCommitHook(f func()) { setHook(&s.commitHook, f) }
 
 // setHook installs f in h, or removes the hook when f is nil.
-func setHook(h *atomic.Pointer[func()], f func()) {
+func setHook[F func() | func() error](h *atomic.Pointer[F], f F) {
 	if f == nil {
 		h.Store(nil)
 		return

@@ -32,13 +32,14 @@ type view struct {
 	s      *Store
 	m      map[string]string // read only while the view lives
 	gen    uint64            // the store's gen when m was frozen; 0: m is a copy
-	hook   func()            // see SetSnapshotWriteHook
+	hook   func() error      // see SetSnapshotWriteHook
 	closed bool
 }
 
-// SetSnapshotWriteHook makes every later view's WriteTo call f first; tests
-// use it to hold a snapshot while writes go on. nil removes it.
-func (s *Store) SetSnapshotWriteHook(f func()) { setHook(&s.writeHook, f) }
+// SetSnapshotWriteHook makes every later view's WriteTo call f first, and
+// fail with its error; tests use it to hold or fail a snapshot while
+// writes go on. nil removes it.
+func (s *Store) SetSnapshotWriteHook(f func() error) { setHook(&s.writeHook, f) }
 
 // CaptureSnapshot freezes the map for the view. If an earlier view still
 // holds a frozen map, the view gets a copy of the state instead.
@@ -62,7 +63,9 @@ func (s *Store) CaptureSnapshot() (embedraft.SnapshotView, error) {
 // WriteTo streams the records.
 func (v *view) WriteTo(w io.Writer) (int64, error) {
 	if v.hook != nil {
-		v.hook()
+		if err := v.hook(); err != nil {
+			return 0, err
+		}
 	}
 	cw := &countWriter{w: w}
 	bw := bufio.NewWriterSize(cw, 256<<10)
