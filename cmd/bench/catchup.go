@@ -32,8 +32,8 @@ type catchUpResult struct {
 	// after its start; -1: not seen before the bounded wait ended.
 	PromotedS float64 `json:"promoted_s"`
 	// SettleS is how long the bench then waited for every member's
-	// snapshot count to stay unchanged for settleQuiet, at most 2 s plus
-	// the catch-up time; Settled says whether they did.
+	// snapshot count to stay unchanged for settleQuiet, at most
+	// settleQuiet+2 s plus the catch-up time; Settled says whether they did.
 	SettleS float64 `json:"settle_s"`
 	Settled bool    `json:"settled"`
 	// Received lists every "received snapshot" line: more than one means
@@ -149,12 +149,13 @@ func newCatchUpResult() catchUpResult {
 }
 
 // settleQuiet is how long every member's snapshot count must stay the
-// same before settle ends.
-const settleQuiet = time.Second
+// same before settle ends. A snapshot is counted once saved, so the quiet
+// spell must outlast writing one (about 1.3 s for 100 MiB here).
+const settleQuiet = 2 * time.Second
 
 // settle waits, within ctx, until the new node is promoted from learner,
-// then until no member's snapshot count has changed for settleQuiet or 2 s
-// plus the catch-up time have passed, so that the memory peaks include the
+// then until no member's snapshot count has changed for settleQuiet or
+// settleQuiet+2 s plus the catch-up time have passed, so that the memory peaks include the
 // snapshots the membership changes cause (on this build the leader's fresh
 // one for the new member, taken before the transfer).
 func (b *bencher) settle(ctx context.Context, res *catchUpResult, p *proc, members []target, start time.Time) {
@@ -191,7 +192,7 @@ func (b *bencher) settle(ctx context.Context, res *catchUpResult, p *proc, membe
 		return out
 	}
 	last, steadySince := counts(), time.Now()
-	bound = time.Now().Add(2*time.Second + secs(res.Seconds))
+	bound = time.Now().Add(settleQuiet + 2*time.Second + secs(res.Seconds))
 	for time.Now().Before(bound) {
 		select {
 		case <-ctx.Done():
