@@ -330,11 +330,10 @@ func TestFollowerBehindCatchUpBytesGetsSnapshot(t *testing.T) {
 	}
 }
 
-// A member that joins while the log is compacted costs the leader one
-// fresh snapshot. Raft resends the old one about once a heartbeat while the
-// fresh one is written; none of those resends may ask for another, which
-// would be a second full snapshot right after the first.
-func TestJoinTakesOneFreshSnapshot(t *testing.T) {
+// compactedCluster starts 3 members and writes 50 keys, past a snapshot
+// and a compaction: a member that joins now needs a snapshot.
+func compactedCluster(t *testing.T) (*tc.Cluster, *tc.Member) {
+	t.Helper()
 	c := tc.NewStatic(t, 3, func(cfg *embedraft.Config) {
 		cfg.SnapshotCount = 40
 		cfg.CatchUpEntries = 5
@@ -346,6 +345,15 @@ func TestJoinTakesOneFreshSnapshot(t *testing.T) {
 	if len(stateFiles(t, leader)) == 0 {
 		t.Fatalf("the leader wrote no state file: the log is not compacted")
 	}
+	return c, leader
+}
+
+// A member that joins while the log is compacted costs the leader one
+// fresh snapshot. Raft resends the old one about once a heartbeat while the
+// fresh one is written; none of those resends may ask for another, which
+// would be a second full snapshot right after the first.
+func TestJoinTakesOneFreshSnapshot(t *testing.T) {
+	c, leader := compactedCluster(t)
 	var written atomic.Int32
 	release := make(chan struct{})
 	var once sync.Once
@@ -387,17 +395,7 @@ func TestJoinTakesOneFreshSnapshot(t *testing.T) {
 // write comes to wake the apply loop: raft's resends of the old snapshot
 // do it.
 func TestJoinSnapshotRetriedAfterFailure(t *testing.T) {
-	c := tc.NewStatic(t, 3, func(cfg *embedraft.Config) {
-		cfg.SnapshotCount = 40
-		cfg.CatchUpEntries = 5
-	})
-	leader := c.WaitLeader(5 * time.Second)
-	for i := range 50 {
-		c.MustSet(leader, fmt.Sprintf("k%02d", i), "v")
-	}
-	if len(stateFiles(t, leader)) == 0 {
-		t.Fatalf("the leader wrote no state file: the log is not compacted")
-	}
+	c, leader := compactedCluster(t)
 	var written atomic.Int32
 	leader.Store.SetSnapshotWriteHook(func() error {
 		if written.Add(1) == 1 {

@@ -155,9 +155,9 @@ const settleQuiet = 2 * time.Second
 
 // settle waits, within ctx, until the new node is promoted from learner,
 // then until no member's snapshot count has changed for settleQuiet or
-// settleQuiet+2 s plus the catch-up time have passed, so that the memory peaks include the
-// snapshots the membership changes cause (on this build the leader's fresh
-// one for the new member, taken before the transfer).
+// settleQuiet+2 s plus the catch-up time have passed, so that the memory
+// peaks include the snapshots the membership changes cause (on this build
+// the leader's fresh one for the new member, taken before the transfer).
 func (b *bencher) settle(ctx context.Context, res *catchUpResult, p *proc, members []target, start time.Time) {
 	tick := time.NewTicker(catchUpPoll)
 	defer tick.Stop()
