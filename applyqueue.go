@@ -23,7 +23,7 @@ import (
 // to time out behind an ever longer queue.
 
 // maxApplyLagEntries is the gap between the commit and applied indexes past
-// which the leader refuses writes (etcd's maxGapBetweenApplyAndCommitIndex).
+// which a node refuses writes (etcd's maxGapBetweenApplyAndCommitIndex).
 const maxApplyLagEntries = 5000
 
 // applyQueue is the raft loop's hand-off to the apply loop: push never
@@ -118,7 +118,7 @@ func (q *applyQueue) waited(now time.Time) time.Duration {
 }
 
 // maxApplyWait is how long the oldest batch may have waited before the
-// leader refuses writes.
+// node refuses writes.
 func (n *Node) maxApplyWait() time.Duration { return n.cfg.ForwardTimeout / 2 }
 
 // busyApplying returns an error wrapping ErrBusy when this node's apply

@@ -438,8 +438,7 @@ func (c *Cluster) Followers() []*Member {
 // Set writes key=value through m's POST /raft/api/set and returns the
 // status and body.
 func (c *Cluster) Set(m *Member, key, value string) (int, []byte, error) {
-	body, _ := json.Marshal(kvstore.Op{Key: key, Value: value})
-	return c.Post(m, "/raft/api/set", body)
+	return c.set(context.Background(), m, key, value)
 }
 
 // SetWithin is Set giving up after timeout (the write may still be
@@ -447,6 +446,10 @@ func (c *Cluster) Set(m *Member, key, value string) (int, []byte, error) {
 func (c *Cluster) SetWithin(m *Member, key, value string, timeout time.Duration) (int, []byte, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
+	return c.set(ctx, m, key, value)
+}
+
+func (c *Cluster) set(ctx context.Context, m *Member, key, value string) (int, []byte, error) {
 	body, _ := json.Marshal(kvstore.Op{Key: key, Value: value})
 	return c.post(ctx, m, "/raft/api/set", body)
 }
