@@ -9,15 +9,15 @@ import (
 	tc "github.com/embedraft/embedraft/internal/testcluster"
 )
 
-// Writes forwarded over the followers' streams while leadership moves in
-// the middle of their batches: each is answered 200 (applied once), or
-// 503/504 (refused, or outcome unknown); none is applied twice, and every
-// acknowledged one is on every member.
+// Writes forwarded over the followers' streams while leadership moves four
+// times in the middle of their batches: each is answered 200 (applied
+// once), 503 (refused: applied nowhere) or 504 (outcome unknown); none is
+// applied twice, and every acknowledged one is on every member.
 func TestForwardStreamLeaderChangeMidBatch(t *testing.T) {
 	c := tc.NewStatic(t, 3)
-	lead := c.WaitLeader(10 * time.Second)
+	c.WaitLeader(10 * time.Second)
 	var mu sync.Mutex
-	acked := map[string]bool{}
+	acked, refused := map[string]bool{}, map[string]bool{}
 	statuses := map[int]int{}
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
@@ -37,8 +37,11 @@ func TestForwardStreamLeaderChangeMidBatch(t *testing.T) {
 				mu.Lock()
 				if err == nil {
 					statuses[code]++
-					if code == 200 {
+					switch code {
+					case 200:
 						acked[key] = true
+					case 503:
+						refused[key] = true
 					}
 				}
 				mu.Unlock()
@@ -54,11 +57,19 @@ func TestForwardStreamLeaderChangeMidBatch(t *testing.T) {
 			}
 			return nil
 		})
-		lead = c.WaitLeader(10 * time.Second)
 		to := c.Followers()[round%2]
-		if code, body, err := c.Post(lead, "/raft/api/transferLeader", fmt.Appendf(nil, `{"to":%d}`, to.ID)); err != nil || code != 200 {
-			t.Logf("transfer to %d: %d %v %s", to.ID, code, err, body)
-		}
+		// Under this load a transfer may time out; the round needs it done.
+		tc.Eventually(t, 30*time.Second, func() error {
+			if l := c.WaitLeader(10 * time.Second); l.ID == to.ID {
+				return nil
+			} else if code, body, err := c.Post(l, "/raft/api/transferLeader", fmt.Appendf(nil, `{"to":%d}`, to.ID)); err != nil || code != 200 {
+				return fmt.Errorf("round %d: transfer from %d to %d: %d %v %s", round, l.ID, to.ID, code, err, body)
+			}
+			if l := c.WaitLeader(10 * time.Second); l.ID != to.ID {
+				return fmt.Errorf("round %d: leader %d after a transfer to %d", round, l.ID, to.ID)
+			}
+			return nil
+		})
 	}
 	close(stop)
 	wg.Wait()
@@ -73,6 +84,11 @@ func TestForwardStreamLeaderChangeMidBatch(t *testing.T) {
 		// more commits than keys (the state has no other keys).
 		if n := m.Store.CommitCount(); n != int64(len(state)) {
 			t.Fatalf("member %d applied %d writes for %d keys: some twice", m.ID, n, len(state))
+		}
+	}
+	for k := range refused {
+		if _, ok := state[k]; ok {
+			t.Fatalf("%s was answered 503 (nothing proposed) but is applied", k)
 		}
 	}
 	for code := range statuses {

@@ -69,6 +69,8 @@ type run struct {
 	paused bool
 	// counter is the idempotent-retries scenario's increment clients.
 	counter *incrementer
+	// burst is kill-follower-busy-stream's writes through the follower.
+	burst *burst
 }
 
 // targets are the running nodes clients may use.
@@ -114,6 +116,7 @@ var scenarios = []scenario{
 		r.sleep(2 * time.Second)
 		must(r.t, f.Restart())
 	}},
+	{name: "kill-follower-busy-stream", fault: killFollowerBusyStream, after: killFollowerBusyStreamAfter},
 	{name: "kill-leader", fault: func(r *run) {
 		l := r.leader()
 		r.leaderKills = append(r.leaderKills, time.Now())

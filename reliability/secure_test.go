@@ -1,13 +1,11 @@
 package reliability_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"math/rand/v2"
 	"net/http"
@@ -280,22 +278,7 @@ func (inc *incrementer) replay(r *run, client *http.Client) {
 }
 
 func postAdd(client *http.Client, base, key string) (int, []byte, error) {
-	req, err := http.NewRequest(http.MethodPost, base+"/raft/api/set", bytes.NewReader([]byte(`{"key":"counter","add":1}`)))
-	if err != nil {
-		return 0, nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Idempotency-Key", key)
-	resp, err := client.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, nil, err // an answer cut off is no answer
-	}
-	return resp.StatusCode, b, nil
+	return postJSON(client, base+"/raft/api/set", `{"key":"counter","add":1}`, key)
 }
 
 func isTimeout(err error) bool {
