@@ -14,10 +14,14 @@ import (
 	"time"
 )
 
+// echoCounts counts what an echoLeader saw: streams opened, and writes
+// waiting for hold.
+type echoCounts struct{ opened, held atomic.Int32 }
+
 // echoLeader serves forwarding streams whose answers echo the body, with
 // the body's length as the index. hold, when not nil, blocks every write
-// until it is closed.
-func echoLeader(t *testing.T, hold chan struct{}, opened *atomic.Int32) *httptest.Server {
+// until it is closed. counts may be nil.
+func echoLeader(t *testing.T, hold chan struct{}, counts *echoCounts) *httptest.Server {
 	t.Helper()
 	stop := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -25,11 +29,14 @@ func echoLeader(t *testing.T, hold chan struct{}, opened *atomic.Int32) *httptes
 			http.NotFound(w, r)
 			return
 		}
-		if opened != nil {
-			opened.Add(1)
+		if counts == nil {
+			counts = &echoCounts{}
 		}
+		counts.opened.Add(1)
 		ServeForward(w, r, stop, 1<<20, StreamHandlers{Write: func(ctx context.Context, body []byte) StreamAnswer {
 			if hold != nil {
+				counts.held.Add(1)
+				defer counts.held.Add(-1)
 				select {
 				case <-hold:
 				case <-ctx.Done():
@@ -48,8 +55,8 @@ func echoLeader(t *testing.T, hold chan struct{}, opened *atomic.Int32) *httptes
 }
 
 func TestStreamManyConcurrentWrites(t *testing.T) {
-	var opened atomic.Int32
-	srv := echoLeader(t, nil, &opened)
+	var counts echoCounts
+	srv := echoLeader(t, nil, &counts)
 	f := NewForwarder(2, "", 5*time.Second, nil)
 	defer f.Close()
 	var wg sync.WaitGroup
@@ -73,7 +80,7 @@ func TestStreamManyConcurrentWrites(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	if n := opened.Load(); n != 1 {
+	if n := counts.opened.Load(); n != 1 {
 		t.Fatalf("%d streams opened for one leader, want 1", n)
 	}
 }
@@ -145,40 +152,48 @@ func TestStreamRefused(t *testing.T) {
 	}
 }
 
-// Past MaxStreamInFlight writes at once, the leader answers busy at once.
+// Past MaxStreamInFlight writes at once, the leader answers busy at once
+// (503) without running the write, and the writes it holds are answered
+// once it goes on.
 func TestStreamBackPressure(t *testing.T) {
 	hold := make(chan struct{})
-	srv := echoLeader(t, hold, nil)
+	var counts echoCounts
+	srv := echoLeader(t, hold, &counts)
 	f := NewForwarder(2, "", 5*time.Second, nil)
 	defer f.Close()
 	var wg sync.WaitGroup
-	var busy, ok atomic.Int32
-	for range MaxStreamInFlight + 50 {
+	var answered atomic.Int32
+	for range MaxStreamInFlight {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			resp, err := f.Forward(context.Background(), srv.URL, 7, []byte("x"))
-			switch {
-			case err != nil && errors.Is(err, ErrBusy):
-				busy.Add(1)
-			case err != nil:
-				t.Error(err)
-			case resp.Status == 503:
-				busy.Add(1)
-			default:
-				ok.Add(1)
+			if err != nil || resp.Status != 200 {
+				t.Errorf("held write: %+v, %v", resp, err)
 			}
+			answered.Add(1)
 		}()
 	}
 	deadline := time.Now().Add(20 * time.Second)
-	for busy.Load() < 50 && time.Now().Before(deadline) {
+	for counts.held.Load() < MaxStreamInFlight && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
+	}
+	if n := counts.held.Load(); n != MaxStreamInFlight {
+		t.Fatalf("the leader holds %d writes, want %d", n, MaxStreamInFlight)
+	}
+	for i := range 50 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		resp, err := f.Forward(ctx, srv.URL, 7, []byte("x"))
+		cancel()
+		if err != nil || resp.Status != 503 || string(resp.Body) != "busy" {
+			t.Fatalf("write %d past the bound: %+v, %v; want the leader's 503 busy", i, resp, err)
+		}
+	}
+	if n := answered.Load(); n != 0 || counts.held.Load() != MaxStreamInFlight {
+		t.Fatalf("%d held writes answered, %d held, before the leader went on", n, counts.held.Load())
 	}
 	close(hold)
 	wg.Wait()
-	if busy.Load() < 50 || int(ok.Load())+int(busy.Load()) != MaxStreamInFlight+50 {
-		t.Fatalf("busy %d ok %d, want at least 50 busy and every write answered", busy.Load(), ok.Load())
-	}
 }
 
 // Read-index frames share the stream with writes and are answered by the
