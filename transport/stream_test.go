@@ -21,7 +21,7 @@ type echoCounts struct{ opened, held atomic.Int32 }
 // echoLeader serves forwarding streams whose answers echo the body, with
 // the body's length as the index. hold, when not nil, blocks every write
 // until it is closed. counts may be nil.
-func echoLeader(t *testing.T, hold chan struct{}, counts *echoCounts) *httptest.Server {
+func echoLeader(t testing.TB, hold chan struct{}, counts *echoCounts) *httptest.Server {
 	t.Helper()
 	stop := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
