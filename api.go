@@ -13,10 +13,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/coreos/go-semver/semver"
 	"github.com/go-chi/chi/v5"
 	"go.etcd.io/etcd/raft/v3"
-	"go.etcd.io/etcd/raft/v3/raftpb"
 
 	"github.com/embedraft/embedraft/transport"
 )
@@ -79,10 +77,10 @@ func (n *Node) routes() http.Handler {
 	n.mountUI(r) // GET /raft/ui and /raft/ui/cluster (admin): ui.go
 	// rafthttp's routes: the client certificate here, the token in servePeer.
 	peer := n.requireClientCert(http.HandlerFunc(n.servePeer))
-	r.Handle("/raft", peer)
-	r.Handle("/raft/stream/*", peer)
-	r.Handle("/raft/probing", peer)
-	r.Handle("/raft/snapshot", peer)
+	r.Handle(transport.RaftPath, peer)
+	r.Handle(transport.RaftStreamPrefix+"*", peer)
+	r.Handle(transport.ProbingPath, peer)
+	r.Handle(transport.SnapshotPath, peer)
 	r.Get("/healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, "ok", n.stopped()) })
 	r.Get("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, n.Status(), n.ready(r.URL.Query().Has("noleader")))
@@ -293,22 +291,16 @@ func (n *Node) decodeJSON(w http.ResponseWriter, r *http.Request, v interface{})
 	return nil
 }
 
-// maxSmallPeerMessageBytes bounds a message on rafthttp's pipeline route
-// that carries neither entries nor a snapshot (votes, heartbeats and their
-// answers, read index requests): a few hundred bytes in practice. Appends
-// and snapshots are bounded by Config.MaxSnapshotBytes.
-const maxSmallPeerMessageBytes = 64 << 10
-
 // refuseWhenClosed answers every route but the read-only ones with
 // ErrStopped once Close was called: closed means closed.
 func (n *Node) refuseWhenClosed(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if n.closed.Load() && !strings.HasPrefix(r.URL.Path, "/raft/stream/") {
+		if n.closed.Load() && !strings.HasPrefix(r.URL.Path, transport.RaftStreamPrefix) {
 			switch r.URL.Path {
 			case "/raft/api/status", "/raft/api/getPeerList", "/metrics", "/healthz", "/readyz",
 				// rafthttp's routes serve raft until the transport stops (a
 				// closing leader hands leadership over first).
-				"/raft", "/raft/probing":
+				transport.RaftPath, transport.ProbingPath:
 			default:
 				writeJSON(w, nil, fmt.Errorf("%w: node closed", ErrStopped))
 				return
@@ -329,51 +321,28 @@ func (n *Node) servePeer(w http.ResponseWriter, r *http.Request) {
 	}
 	// With a token, peers prove they hold it through the cluster id rafthttp
 	// sends on every request: see peerClusterID.
-	if n.cfg.Token != "" && r.URL.Path != "/raft/probing" &&
-		subtle.ConstantTimeCompare([]byte(r.Header.Get("X-Etcd-Cluster-ID")), []byte(typesID(n.peerClusterID()).String())) != 1 {
-		writeJSON(w, nil, fmt.Errorf("%w: peer request without the cluster token", ErrUnauthorized))
+	var tokenID uint64
+	if n.cfg.Token != "" {
+		tokenID = n.peerClusterID()
+	}
+	if err := transport.CheckPeerRequest(r, tokenID); err != nil {
+		sentinel := ErrBadRequest
+		if errors.Is(err, transport.ErrPeerToken) {
+			sentinel = ErrUnauthorized
+		}
+		writeJSON(w, nil, fmt.Errorf("%w: %v", sentinel, err))
 		return
 	}
-	// Members are added from the replicated membership only, never from a
-	// request's claim of its own URLs.
-	r.Header.Del("X-PeerURLs")
-	// rafthttp parses these with semver.Must: a bad value panics its handler.
-	for _, h := range []string{"X-Server-Version", "X-Min-Cluster-Version"} {
-		if v := r.Header.Get(h); v != "" {
-			if _, err := semver.NewVersion(v); err != nil {
-				writeJSON(w, nil, fmt.Errorf("%w: %s: %v", ErrBadRequest, h, err))
-				return
-			}
-		}
-	}
 	switch {
-	case r.URL.Path == "/raft/snapshot":
+	case r.URL.Path == transport.SnapshotPath:
 		// rafthttp's own handler writes the body to a file before it looks
 		// at the message: snapshots are received by receiveSnapshot.
 		n.receiveSnapshot(w, r)
 		return
-	case r.URL.Path == "/raft" && r.Method == http.MethodPost:
-		n.boundPipelineBody(w, r)
+	case r.URL.Path == transport.RaftPath && r.Method == http.MethodPost:
+		transport.BoundPipelineBody(w, r, n.cfg.MaxSnapshotBytes)
 	}
 	tr.Handler().ServeHTTP(w, r)
-}
-
-// boundPipelineBody limits a POST /raft body by the message's type, read
-// from its first two bytes (raftpb.Message is encoded with its type first:
-// field 1, a varint below 128), before rafthttp reads it into memory: only
-// appends and snapshots may be large. rafthttp then checks the headers and
-// decodes the message as usual.
-func (n *Node) boundPipelineBody(w http.ResponseWriter, r *http.Request) {
-	var hdr [2]byte
-	got, _ := io.ReadFull(r.Body, hdr[:])
-	limit := int64(maxSmallPeerMessageBytes)
-	if t := raftpb.MessageType(hdr[1]); got == 2 && hdr[0] == 0x08 && (t == raftpb.MsgApp || t == raftpb.MsgSnap) {
-		limit = n.cfg.MaxSnapshotBytes
-	}
-	r.Body = struct {
-		io.Reader
-		io.Closer
-	}{io.MultiReader(bytes.NewReader(hdr[:got]), http.MaxBytesReader(w, r.Body, limit-int64(got))), r.Body}
 }
 
 // requireToken checks the cluster token ("Authorization: Bearer <token>")

@@ -220,7 +220,7 @@ func (m *nodeMetrics) proposalFailed() {
 	}
 }
 
-// peerMessageRefused records a peer message checkPeerSender or
+// peerMessageRefused records a peer message transport.CheckSender or
 // checkPeerContent refused.
 func (m *nodeMetrics) peerMessageRefused() {
 	if m != nil {

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"time"
 
+	"github.com/embedraft/embedraft/transport"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/etcd/raft/v3"
 	"go.etcd.io/etcd/raft/v3/confchange"
@@ -204,7 +204,7 @@ func (n *Node) stepPeer(ctx context.Context, m raftpb.Message, members []byte) e
 
 // admitPeer refuses a message this node cannot take whatever it holds: the
 // node is stopping, the sender was removed, or the message is not from a
-// peer to this node (checkPeerSender).
+// peer to this node (transport.CheckSender).
 func (n *Node) admitPeer(m raftpb.Message) error {
 	select {
 	case <-n.stopc:
@@ -214,7 +214,7 @@ func (n *Node) admitPeer(m raftpb.Message) error {
 	if n.reg.isRemoved(m.From) {
 		return peerError{http.StatusForbidden, "the member has been permanently removed from the cluster"}
 	}
-	if reason := n.checkPeerSender(m); reason != "" {
+	if reason := transport.CheckSender(m, n.id, n.peerTr.Load()); reason != "" {
 		n.metrics.peerMessageRefused()
 		return peerError{http.StatusBadRequest, "refused raft message: " + reason}
 	}
@@ -227,33 +227,8 @@ func (p peerRaft) ReportSnapshot(id uint64, status raft.SnapshotStatus) {
 	p.n.rn.ReportSnapshot(id, status)
 }
 
-// checkPeerSender checks what every peer message must satisfy, whatever
-// its type: addressed to this node, from a peer, of a type peers send.
-func (n *Node) checkPeerSender(m raftpb.Message) string {
-	switch {
-	case m.To != n.id:
-		return "addressed to another member"
-	case m.From == n.id || m.From == 0:
-		return "bad sender"
-	case raft.IsLocalMsg(m.Type) || m.Type == raftpb.MsgProp:
-		// Local messages never cross the network, and proposal forwarding is
-		// disabled: writes reach the leader through /raft/node/propose.
-		return "message type " + m.Type.String() + " is never sent by a peer"
-	case m.Term == math.MaxUint64:
-		return "term out of range"
-	case m.Term == 0 && m.Type != raftpb.MsgReadIndex:
-		return "term 0"
-	case m.Type == raftpb.MsgReadIndex && len(m.Entries) != 1:
-		return "read index without its context"
-	}
-	if tr := n.peerTr.Load(); tr == nil || tr.Get(typesID(m.From)) == nil {
-		return "sender is not a peer"
-	}
-	return ""
-}
-
 // checkPeerContent checks a message's content by its type. With
-// checkPeerSender it refuses messages no embedraft peer sends, which raft
+// transport.CheckSender it refuses messages no embedraft peer sends, which raft
 // would otherwise trust (and panic on): raft assumes its transport only
 // carries messages from raft. They are no substitute for the cluster token:
 // a well-formed message from someone who can reach the peer routes is still

@@ -2,7 +2,6 @@ package embedraft
 
 import (
 	"bufio"
-	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -13,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 
+	"github.com/embedraft/embedraft/transport"
 	"go.etcd.io/etcd/raft/v3"
 	"go.etcd.io/etcd/raft/v3/raftpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/rafthttp"
@@ -122,11 +122,11 @@ func (n *Node) receiveSnapshot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// rafthttp's sender reads a 412 with this text as a cluster mismatch.
-	if subtle.ConstantTimeCompare([]byte(r.Header.Get("X-Etcd-Cluster-ID")), []byte(typesID(n.peerClusterID()).String())) != 1 {
+	if !transport.SameCluster(r, n.peerClusterID()) {
 		http.Error(w, "cluster ID mismatch", http.StatusPreconditionFailed)
 		return
 	}
-	body := http.MaxBytesReader(w, r.Body, 8+maxSmallPeerMessageBytes+n.cfg.MaxSnapshotBytes+4)
+	body := http.MaxBytesReader(w, r.Body, 8+transport.MaxSmallPeerMessageBytes+n.cfg.MaxSnapshotBytes+4)
 	br := bufio.NewReaderSize(body, 64<<10)
 	m, err := readSnapshotHead(br, n.cfg.MaxSnapshotBytes)
 	if err != nil {
@@ -192,9 +192,9 @@ func readSnapshotHead(r io.Reader, max int64) (raftpb.Message, error) {
 	if err := binary.Read(r, binary.BigEndian, &l); err != nil {
 		return m, fmt.Errorf("message length: %v", err)
 	}
-	if l > maxSmallPeerMessageBytes {
+	if l > transport.MaxSmallPeerMessageBytes {
 		return m, fmt.Errorf("%w: message of %d bytes (a streamed snapshot's message is at most %d)",
-			ErrTooLarge, l, maxSmallPeerMessageBytes)
+			ErrTooLarge, l, transport.MaxSmallPeerMessageBytes)
 	}
 	buf := make([]byte, l)
 	if _, err := io.ReadFull(r, buf); err != nil {
