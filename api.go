@@ -3,7 +3,6 @@ package embedraft
 import (
 	"bytes"
 	"context"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -349,12 +348,9 @@ func (n *Node) servePeer(w http.ResponseWriter, r *http.Request) {
 // on the library's own peer and admin routes.
 func (n *Node) requireToken(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if n.cfg.Token != "" {
-			got, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !bearer || subtle.ConstantTimeCompare([]byte(got), []byte(n.cfg.Token)) != 1 {
-				writeJSON(w, nil, fmt.Errorf("%w: missing or wrong cluster token", ErrUnauthorized))
-				return
-			}
+		if !transport.HasToken(r, n.cfg.Token) {
+			writeJSON(w, nil, fmt.Errorf("%w: missing or wrong cluster token", ErrUnauthorized))
+			return
 		}
 		next.ServeHTTP(w, r)
 	})

@@ -188,9 +188,7 @@ func fetchMembership(ctx context.Context, client *http.Client, base, token strin
 	if err != nil {
 		return v, err
 	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
+	transport.SetToken(req, token)
 	resp, err := client.Do(req)
 	if err != nil {
 		return v, err

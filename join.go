@@ -353,9 +353,7 @@ func fetchStatus(ctx context.Context, base, token string, tlsConfig *tls.Config)
 	if err != nil {
 		return st, err
 	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
+	transport.SetToken(req, token)
 	client := http.DefaultClient
 	if tlsConfig != nil {
 		tr := &http.Transport{Proxy: nil, DisableKeepAlives: true, TLSClientConfig: tlsConfig}

@@ -93,15 +93,13 @@ func (n *Node) peerHTTPClient(timeout time.Duration) *http.Client {
 // current CA bundle (403).
 func (n *Node) requireClientCert(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if n.certs != nil && n.certs.HasCA() {
-			if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-				writeJSON(w, nil, fmt.Errorf("%w: this route requires a client certificate", ErrUnauthorized))
-				return
+		if err := n.certs.CheckClientCert(r); err != nil {
+			sentinel := ErrForbidden
+			if errors.Is(err, transport.ErrNoClientCert) {
+				sentinel = ErrUnauthorized
 			}
-			if err := n.certs.VerifyClient(r.TLS.PeerCertificates); err != nil {
-				writeJSON(w, nil, fmt.Errorf("%w: %v", ErrForbidden, err))
-				return
-			}
+			writeJSON(w, nil, fmt.Errorf("%w: %w", sentinel, err))
+			return
 		}
 		next.ServeHTTP(w, r)
 	})

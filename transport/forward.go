@@ -166,7 +166,5 @@ func (f *Forwarder) identify(req *http.Request, clusterID uint64, contentType st
 		req.Header.Set(HeaderClusterID, strconv.FormatUint(clusterID, 16))
 	}
 	req.Header.Set(HeaderFrom, strconv.FormatUint(f.from, 10))
-	if f.token != "" {
-		req.Header.Set("Authorization", "Bearer "+f.token)
-	}
+	SetToken(req, f.token)
 }

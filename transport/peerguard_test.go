@@ -107,3 +107,40 @@ func TestCheckPeerRequest(t *testing.T) {
 		})
 	}
 }
+
+func TestToken(t *testing.T) {
+	for _, c := range []struct {
+		name, token, header string
+		want                bool
+	}{
+		{"OK no token needed", "", "", true},
+		{"OK token", "s3cret", "Bearer s3cret", true},
+		{"missing", "s3cret", "", false},
+		{"wrong", "s3cret", "Bearer s3cres", false},
+		{"not bearer", "s3cret", "Basic s3cret", false},
+		{"prefix of the token", "s3cret", "Bearer s3c", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := httptest.NewRequest("GET", "/raft/api/addNode", nil)
+			if c.header != "" {
+				r.Header.Set("Authorization", c.header)
+			}
+			if got := HasToken(r, c.token); got != c.want {
+				t.Fatalf("HasToken = %v, want %v", got, c.want)
+			}
+		})
+	}
+	r := httptest.NewRequest("GET", "/", nil)
+	SetToken(r, "s3cret")
+	if !HasToken(r, "s3cret") {
+		t.Fatal("SetToken's request does not carry the token")
+	}
+	SetToken(r, "")
+	if !HasToken(r, "s3cret") {
+		t.Fatal("SetToken with no token changed the header")
+	}
+	var none *TLS
+	if err := none.CheckClientCert(httptest.NewRequest("GET", "/", nil)); err != nil {
+		t.Fatalf("without TLS every request passes: %v", err)
+	}
+}
