@@ -21,6 +21,11 @@ func TestForwardStreamLeaderChangeMidBatch(t *testing.T) {
 	statuses := map[int]int{}
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
+	var stopOnce sync.Once
+	halt := func() { stopOnce.Do(func() { close(stop) }); wg.Wait() }
+	// Registered after the cluster's, so it runs first: no writer outlives
+	// a failed test's members.
+	t.Cleanup(halt)
 	for w := range 24 {
 		wg.Add(1)
 		go func() {
@@ -71,8 +76,7 @@ func TestForwardStreamLeaderChangeMidBatch(t *testing.T) {
 			return nil
 		})
 	}
-	close(stop)
-	wg.Wait()
+	halt()
 	state := c.WaitConverged(20 * time.Second)
 	for k := range acked {
 		if state[k] != "v" {

@@ -101,8 +101,9 @@ func CheckSender(m raftpb.Message, self uint64, tr *rafthttp.Transport) string {
 	case m.From == self || m.From == 0:
 		return "bad sender"
 	case raft.IsLocalMsg(m.Type) || m.Type == raftpb.MsgProp:
-		// Local messages never cross the network, and proposal forwarding is
-		// disabled: writes reach the leader through ProposePath.
+		// Local messages never cross the network, and raft's proposal
+		// forwarding is disabled: writes reach the leader through the
+		// forwarding stream (ForwardPath) or ProposePath.
 		return "message type " + m.Type.String() + " is never sent by a peer"
 	case m.Term == math.MaxUint64:
 		return "term out of range"

@@ -22,14 +22,14 @@ func BenchmarkForwardStream(b *testing.B) {
 			if _, err := f.Forward(context.Background(), srv.URL, 7, body); err != nil {
 				b.Fatal(err) // opens the stream outside the timing
 			}
-			b.ReportAllocs()
-			b.ResetTimer()
-			var wg sync.WaitGroup
 			work := make(chan struct{}, b.N)
 			for range b.N {
 				work <- struct{}{}
 			}
 			close(work)
+			b.ReportAllocs()
+			b.ResetTimer()
+			var wg sync.WaitGroup
 			for range inFlight {
 				wg.Add(1)
 				go func() {

@@ -23,14 +23,14 @@ type echoCounts struct{ opened, held atomic.Int32 }
 // until it is closed. counts may be nil.
 func echoLeader(t testing.TB, hold chan struct{}, counts *echoCounts) *httptest.Server {
 	t.Helper()
+	if counts == nil {
+		counts = &echoCounts{}
+	}
 	stop := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != ForwardPath {
 			http.NotFound(w, r)
 			return
-		}
-		if counts == nil {
-			counts = &echoCounts{}
 		}
 		counts.opened.Add(1)
 		ServeForward(w, r, stop, 1<<20, StreamHandlers{Write: func(ctx context.Context, body []byte) StreamAnswer {
@@ -162,6 +162,11 @@ func TestStreamBackPressure(t *testing.T) {
 	f := NewForwarder(2, "", 5*time.Second, nil)
 	defer f.Close()
 	var wg sync.WaitGroup
+	var release sync.Once
+	goOn := func() { release.Do(func() { close(hold) }) }
+	// On a failure too, the held writes are answered before the test ends.
+	defer wg.Wait()
+	defer goOn()
 	var answered atomic.Int32
 	for range MaxStreamInFlight {
 		wg.Add(1)
@@ -192,7 +197,7 @@ func TestStreamBackPressure(t *testing.T) {
 	if n := answered.Load(); n != 0 || counts.held.Load() != MaxStreamInFlight {
 		t.Fatalf("%d held writes answered, %d held, before the leader went on", n, counts.held.Load())
 	}
-	close(hold)
+	goOn()
 	wg.Wait()
 }
 
