@@ -363,9 +363,8 @@ func (n *Node) requireCluster(next http.Handler) http.Handler {
 			writeJSON(w, nil, fmt.Errorf("%w: this node is %s", ErrNotCluster, n.Mode()))
 			return
 		}
-		got := r.Header.Get(transport.HeaderClusterID)
-		if want := strconv.FormatUint(n.clusterID.Load(), 16); got != want {
-			writeJSON(w, nil, fmt.Errorf("%w: cluster id %q, this node is in cluster %s", ErrWrongCluster, got, want))
+		if got, ok := transport.FromCluster(r, n.clusterID.Load()); !ok {
+			writeJSON(w, nil, fmt.Errorf("%w: cluster id %q, this node is in cluster %x", ErrWrongCluster, got, n.clusterID.Load()))
 			return
 		}
 		next.ServeHTTP(w, r)

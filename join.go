@@ -17,12 +17,6 @@ import (
 	"github.com/embedraft/embedraft/transport"
 )
 
-// Admin routes that a follower forwards to the leader.
-const (
-	addNodePath    = "/raft/api/addNode"
-	deleteNodePath = "/raft/api/deleteNode"
-)
-
 // JoinRequest asks for membership (POST /raft/node/join and
 // POST /raft/api/addNode).
 type JoinRequest struct {
@@ -82,7 +76,7 @@ func (n *Node) AddMember(ctx context.Context, req JoinRequest) (JoinResponse, er
 		}
 	}
 	body, _ := json.Marshal(req) // plain struct
-	err := n.leaderCall(ctx, addNodePath, body, &resp, func() error {
+	err := n.leaderCall(ctx, transport.AddNodePath, body, &resp, func() error {
 		var err error
 		resp, err = n.addMemberLocal(ctx, req)
 		return err
@@ -104,7 +98,7 @@ func (n *Node) RemoveMember(ctx context.Context, id uint64) error {
 		return fmt.Errorf("%w: no member %d", ErrNotFound, id)
 	}
 	body, _ := json.Marshal(RemoveRequest{ID: id})
-	return n.leaderCall(ctx, deleteNodePath, body, nil, func() error { return n.removeMemberLocal(ctx, id) })
+	return n.leaderCall(ctx, transport.DeleteNodePath, body, nil, func() error { return n.removeMemberLocal(ctx, id) })
 }
 
 // leaderCall runs local on the leader, or posts body to the leader's path
@@ -349,7 +343,7 @@ func fetchStatus(ctx context.Context, base, token string, tlsConfig *tls.Config)
 	var st Status
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/raft/api/status", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+transport.StatusPath, nil)
 	if err != nil {
 		return st, err
 	}

@@ -2,10 +2,8 @@ package embedraft
 
 import (
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha1"
-	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"log/slog"
@@ -559,22 +557,9 @@ func (n *Node) dialURL(addr string) string {
 }
 
 // peerClusterID is the cluster id rafthttp sends and checks on every peer
-// request. Without a token it is the cluster id. With one it is derived
-// from both (HMAC-SHA256), so only nodes holding the token can talk raft to
-// this one: rafthttp cannot carry a header of ours, but it always carries
-// this id, and a request with another id is refused before it is read.
+// request (transport.PeerClusterID: derived from the token, if any).
 func (n *Node) peerClusterID() uint64 {
-	cid := n.clusterID.Load()
-	if n.cfg.Token == "" {
-		return cid
-	}
-	mac := hmac.New(sha256.New, []byte(n.cfg.Token))
-	_ = binary.Write(mac, binary.BigEndian, cid) // a hash.Hash never fails to write
-	id := binary.BigEndian.Uint64(mac.Sum(nil)[:8])
-	if id == 0 {
-		id = 1
-	}
-	return id
+	return transport.PeerClusterID(n.clusterID.Load(), n.cfg.Token)
 }
 
 // launch starts the loops from snap, the snapshot on disk (empty for none).

@@ -36,6 +36,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/embedraft/embedraft/transport"
 	"github.com/go-chi/chi/v5"
 )
 
@@ -164,7 +165,7 @@ func (m *MemberView) fill(s Status) {
 func (n *Node) memberStatus(ctx context.Context, addr string) (Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, uiMemberTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.dialURL(addr)+"/raft/api/status", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.dialURL(addr)+transport.StatusPath, nil)
 	if err != nil {
 		return Status{}, err
 	}

@@ -42,6 +42,17 @@ const (
 	MembershipPath = "/raft/node/membership"
 )
 
+// Admin routes that nodes call on each other too.
+const (
+	// AddNodePath and DeleteNodePath add and remove a member; a node that
+	// is not the leader sends them on to it.
+	AddNodePath    = "/raft/api/addNode"
+	DeleteNodePath = "/raft/api/deleteNode"
+	// StatusPath is a node's status: a joining node reads its target's,
+	// the cluster page every member's.
+	StatusPath = "/raft/api/status"
+)
+
 // maxResponseBytes bounds a leader's answer read by the forwarder.
 const maxResponseBytes = 16 << 20
 

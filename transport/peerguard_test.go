@@ -144,3 +144,28 @@ func TestToken(t *testing.T) {
 		t.Fatalf("without TLS every request passes: %v", err)
 	}
 }
+
+// The id members derive from the token must not change between versions:
+// members of a cluster in a rolling upgrade would refuse each other.
+func TestPeerClusterID(t *testing.T) {
+	if got := PeerClusterID(0x1234, ""); got != 0x1234 {
+		t.Fatalf("without a token: %#x, want the cluster id", got)
+	}
+	if got := PeerClusterID(0x1234, "s3cret"); got != 0x88f3597735198253 {
+		t.Fatalf("with a token: %#x, want 0x88f3597735198253 (as every earlier version)", got)
+	}
+	if PeerClusterID(0x1234, "s3cret") == PeerClusterID(0x1234, "other") || PeerClusterID(0x1234, "s3cret") == PeerClusterID(0x1235, "s3cret") {
+		t.Fatal("the id does not depend on both the token and the cluster id")
+	}
+	r := httptest.NewRequest("POST", ProposePath, nil)
+	if got, ok := FromCluster(r, 0x1234); ok || got != "" {
+		t.Fatalf("no header: %q %v", got, ok)
+	}
+	r.Header.Set(HeaderClusterID, "1234")
+	if got, ok := FromCluster(r, 0x1234); !ok || got != "1234" {
+		t.Fatalf("same cluster: %q %v", got, ok)
+	}
+	if _, ok := FromCluster(r, 0x1235); ok {
+		t.Fatal("another cluster's id accepted")
+	}
+}
