@@ -68,6 +68,10 @@ type applier struct {
 	snapPrev      uint64
 	snapPrevNow   bool
 	snapPrevBytes uint64
+	// wakeIDs and wakeResults gather the answers to this node's writes in
+	// one entry, reused from entry to entry.
+	wakeIDs     []uint64
+	wakeResults []applyResult
 }
 
 func (a *applier) apply(b applyBatch) error {
@@ -138,12 +142,16 @@ func (a *applier) applyNormal(e *raftpb.Entry) error {
 		if err != nil {
 			return fmt.Errorf("%w: entry %d: %v", ErrStorage, e.Index, err)
 		}
+		mine := env.Origin == n.id
+		a.wakeIDs, a.wakeResults = a.wakeIDs[:0], a.wakeResults[:0]
 		for i, w := range writes {
 			r := n.applyWriteAt(Position{Index: e.Index, Offset: i}, env.Time, w) // idempotency.go
-			if env.Origin == n.id {
-				n.waits.trigger(w.reqID, r)
+			if mine {
+				a.wakeIDs, a.wakeResults = append(a.wakeIDs, w.reqID), append(a.wakeResults, r)
 			}
 		}
+		n.waits.triggerEach(a.wakeIDs, a.wakeResults)
+		clear(a.wakeResults) // holds no answer past its entry
 	case kindInit:
 		if err := n.svc.ResetSnap(env.Payload); err != nil {
 			return fmt.Errorf("service reset from init entry %d: %w", e.Index, err)

@@ -65,6 +65,20 @@ func (w *waitMap[K, V]) trigger(key K, v V) bool {
 	return ok
 }
 
+// triggerEach delivers vals[i] to the waiter of keys[i], for every i, under
+// one lock: the apply loop wakes the writers of one entry together. Like
+// trigger it never blocks (each channel holds its one answer).
+func (w *waitMap[K, V]) triggerEach(keys []K, vals []V) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for i, key := range keys {
+		if ch, ok := w.m[key]; ok {
+			delete(w.m, key)
+			ch <- vals[i]
+		}
+	}
+}
+
 // proposeWait is the one way an entry is proposed and waited for: it takes
 // a fresh request id, registers a waiter under it before anything is
 // proposed (so the apply goroutine never answers before someone listens),

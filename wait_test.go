@@ -11,10 +11,13 @@ import (
 
 func TestWaitMap(t *testing.T) {
 	type op struct {
-		do    string // register, cancel or trigger
+		do    string // register, cancel, trigger or triggerEach
 		key   string
 		value int
 		found bool // trigger: a waiter was there
+		// triggerEach's arguments
+		keys   []string
+		values []int
 	}
 	tests := []struct {
 		name string
@@ -34,6 +37,15 @@ func TestWaitMap(t *testing.T) {
 			{do: "register", key: "a"}, {do: "register", key: "b"},
 			{do: "trigger", key: "b", value: 2, found: true}, {do: "trigger", key: "c", value: 3},
 		}, map[string]int{"b": 2}, 1},
+		{"EachByKey", []op{
+			{do: "register", key: "a"}, {do: "register", key: "b"}, {do: "register", key: "c"},
+			{do: "triggerEach", keys: []string{"a", "x", "c"}, values: []int{1, 2, 3}},
+		}, map[string]int{"a": 1, "c": 3}, 1},
+		{"EachAnsweredOnce", []op{
+			{do: "register", key: "a"},
+			{do: "triggerEach", keys: []string{"a", "a"}, values: []int{1, 2}}, // the second would block
+		}, map[string]int{"a": 1}, 0},
+		{"EachEmpty", []op{{do: "register", key: "a"}, {do: "triggerEach"}}, map[string]int{}, 1},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -45,6 +57,8 @@ func TestWaitMap(t *testing.T) {
 					chans[o.key] = w.register(o.key)
 				case "cancel":
 					w.cancel(o.key)
+				case "triggerEach":
+					w.triggerEach(o.keys, o.values)
 				case "trigger":
 					if found := w.trigger(o.key, o.value); found != o.found {
 						t.Fatalf("trigger(%q) found a waiter: %v, want %v", o.key, found, o.found)
