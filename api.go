@@ -296,7 +296,7 @@ func (n *Node) refuseWhenClosed(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if n.closed.Load() && !strings.HasPrefix(r.URL.Path, transport.RaftStreamPrefix) {
 			switch r.URL.Path {
-			case "/raft/api/status", "/raft/api/getPeerList", "/metrics", "/healthz", "/readyz",
+			case transport.StatusPath, "/raft/api/getPeerList", "/metrics", "/healthz", "/readyz",
 				// rafthttp's routes serve raft until the transport stops (a
 				// closing leader hands leadership over first).
 				transport.RaftPath, transport.ProbingPath:

@@ -7,12 +7,13 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/embedraft/embedraft/transport"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/etcd/raft/v3"
 	"go.etcd.io/etcd/raft/v3/confchange"
 	"go.etcd.io/etcd/raft/v3/raftpb"
 	"go.etcd.io/etcd/raft/v3/tracker"
+
+	"github.com/embedraft/embedraft/transport"
 )
 
 func typesID(id uint64) types.ID { return types.ID(id) }

@@ -12,11 +12,12 @@ import (
 	"path/filepath"
 	"slices"
 
-	"github.com/embedraft/embedraft/transport"
 	"go.etcd.io/etcd/raft/v3"
 	"go.etcd.io/etcd/raft/v3/raftpb"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/rafthttp"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/snap"
+
+	"github.com/embedraft/embedraft/transport"
 )
 
 // Snapshots travel to a follower as a stream, the way etcd sends its
