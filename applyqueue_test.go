@@ -147,7 +147,14 @@ func TestApplyBacklogRefusesWrites(t *testing.T) {
 	if err := <-waiting; err != nil {
 		t.Fatalf("the write waiting behind the service: %v", err)
 	}
-	c.MustSet(follower, "after", "1")
+	// The follower's service may still be working through the backlog
+	// the leader's answer did not wait for: it refuses until it catches up.
+	tc.Eventually(t, 10*time.Second, func() error {
+		if code, body, err := c.Set(follower, "after", "1"); err != nil || code != 200 {
+			return fmt.Errorf("set after=1 on member %d: %d %v %s", follower.ID, code, err, body)
+		}
+		return nil
+	})
 	state := c.WaitConverged(10 * time.Second)
 	for _, key := range refused {
 		if _, ok := state[key]; ok {
