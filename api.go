@@ -325,11 +325,7 @@ func (n *Node) servePeer(w http.ResponseWriter, r *http.Request) {
 		tokenID = n.peerClusterID()
 	}
 	if err := transport.CheckPeerRequest(r, tokenID); err != nil {
-		sentinel := ErrBadRequest
-		if errors.Is(err, transport.ErrPeerToken) {
-			sentinel = ErrUnauthorized
-		}
-		writeJSON(w, nil, fmt.Errorf("%w: %v", sentinel, err))
+		writeJSON(w, nil, peerCheckError(err))
 		return
 	}
 	switch {

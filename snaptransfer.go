@@ -123,7 +123,7 @@ func (n *Node) receiveSnapshot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// rafthttp's sender reads a 412 with this text as a cluster mismatch.
-	if !transport.SameCluster(r, n.peerClusterID()) {
+	if !transport.HasRaftClusterID(r, n.peerClusterID()) {
 		http.Error(w, "cluster ID mismatch", http.StatusPreconditionFailed)
 		return
 	}

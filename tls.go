@@ -94,15 +94,26 @@ func (n *Node) peerHTTPClient(timeout time.Duration) *http.Client {
 func (n *Node) requireClientCert(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := n.certs.CheckClientCert(r); err != nil {
-			sentinel := ErrForbidden
-			if errors.Is(err, transport.ErrNoClientCert) {
-				sentinel = ErrUnauthorized
-			}
-			writeJSON(w, nil, fmt.Errorf("%w: %w", sentinel, err))
+			writeJSON(w, nil, peerCheckError(err))
 			return
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// peerCheckError wraps an error of transport's checks of peer and admin
+// requests in the sentinel its HTTP status follows from: no proof of the
+// token or no client certificate is 401, a certificate the CA does not
+// vouch for 403, anything else (a header rafthttp would panic on) 400.
+func peerCheckError(err error) error {
+	switch {
+	case errors.Is(err, transport.ErrPeerToken), errors.Is(err, transport.ErrNoClientCert):
+		return fmt.Errorf("%w: %w", ErrUnauthorized, err)
+	case errors.Is(err, transport.ErrClientCert):
+		return fmt.Errorf("%w: %w", ErrForbidden, err)
+	default:
+		return fmt.Errorf("%w: %w", ErrBadRequest, err)
+	}
 }
 
 // requireAuth is the guard of peer and admin routes: a verified client

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/raft/v3/raftpb"
+
+	"github.com/embedraft/embedraft/transport"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -202,6 +204,26 @@ func TestStatusOf(t *testing.T) {
 	}
 	if codeOf(fmt.Errorf("%w: x", ErrNotLeader)) != "not_leader" || codeOf(nil) != codeOK {
 		t.Fatal("codeOf")
+	}
+}
+
+// transport's checks of peer and admin requests answer 401 without proof
+// of the token or a certificate, 403 for a certificate the CA refuses,
+// 400 for anything else.
+func TestPeerCheckErrorStatus(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want int
+	}{
+		{transport.ErrPeerToken, http.StatusUnauthorized},
+		{transport.ErrNoClientCert, http.StatusUnauthorized},
+		{fmt.Errorf("%w: expired", transport.ErrClientCert), http.StatusForbidden},
+		{fmt.Errorf("%w: X-Server-Version: bad", transport.ErrPeerHeader), http.StatusBadRequest},
+	} {
+		err := peerCheckError(tt.err)
+		if got := StatusOf(err); got != tt.want || !errors.Is(err, tt.err) {
+			t.Errorf("peerCheckError(%v) = %v, status %d, want %d and the cause kept", tt.err, err, got, tt.want)
+		}
 	}
 }
 

@@ -26,10 +26,10 @@ const burstClients = 48
 
 // burst is the writes sent through one follower until it is killed.
 type burst struct {
-	target *chaos.Node
-	tls    *http.Transport
-	nonce  uint64
-	killed atomic.Bool // set just before the kill: no new writes after it
+	target    *chaos.Node
+	transport *http.Transport
+	nonce     uint64
+	killed    atomic.Bool // set just before the kill: no new writes after it
 
 	mu       sync.Mutex
 	acked    []string
@@ -39,7 +39,7 @@ type burst struct {
 }
 
 func (b *burst) run(clients int) {
-	client := &http.Client{Timeout: 10 * time.Second, Transport: b.tls}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: b.transport}
 	defer client.CloseIdleConnections()
 	var wg sync.WaitGroup
 	for c := range clients {
@@ -87,7 +87,7 @@ func (b *burst) ackedCount() int {
 func killFollowerBusyStream(r *run) {
 	f := r.follower()
 	b := &burst{target: f, nonce: r.rng.Uint64(),
-		tls: &http.Transport{TLSClientConfig: r.c.ClientTLS(), MaxIdleConnsPerHost: burstClients}}
+		transport: &http.Transport{TLSClientConfig: r.c.ClientTLS(), MaxIdleConnsPerHost: burstClients}}
 	r.burst = b
 	done := make(chan struct{})
 	go func() { defer close(done); b.run(burstClients) }() // ends once killed is set and every client has its answer

@@ -42,10 +42,10 @@ var (
 	ErrPeerHeader = errors.New("bad peer header")
 )
 
-// SameCluster reports whether r carries the cluster id want in
+// HasRaftClusterID reports whether r carries the cluster id want in
 // HeaderRaftClusterID, compared in constant time (with a token the id is
 // derived from it, so it must not leak by timing).
-func SameCluster(r *http.Request, want uint64) bool {
+func HasRaftClusterID(r *http.Request, want uint64) bool {
 	return subtle.ConstantTimeCompare([]byte(r.Header.Get(HeaderRaftClusterID)), []byte(types.ID(want).String())) == 1
 }
 
@@ -57,7 +57,7 @@ func SameCluster(r *http.Request, want uint64) bool {
 // request's claim of its own URLs; and it refuses version headers rafthttp
 // parses with semver.Must, which panics on a bad value.
 func CheckPeerRequest(r *http.Request, tokenClusterID uint64) error {
-	if tokenClusterID != 0 && r.URL.Path != ProbingPath && !SameCluster(r, tokenClusterID) {
+	if tokenClusterID != 0 && r.URL.Path != ProbingPath && !HasRaftClusterID(r, tokenClusterID) {
 		return ErrPeerToken
 	}
 	r.Header.Del("X-PeerURLs")

@@ -231,7 +231,7 @@ func (t *TLS) ClientConfig() *tls.Config {
 // Successes are cached for a minute per certificate and CA generation.
 func (t *TLS) VerifyClient(chain []*x509.Certificate) error {
 	if len(chain) == 0 {
-		return errors.New("no client certificate")
+		return ErrNoClientCert
 	}
 	_, pool := t.current()
 	if pool == nil {
